@@ -1,0 +1,26 @@
+# `make demo` and `make test` each set themselves up on a fresh machine:
+# they create .venv when it is missing and install the project into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+# Re-install when the package metadata changes. torchattacks is a test-only
+# cross-check; its pins would downgrade packages Ray needs, hence --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/aalr-ray train --model mnist1d-cnn --dataset mnist1d --method aalr --epochs 60
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,325 @@
+"""AALR for any PyTorch training loop.
+
+:class:`AALRController` applies the decisions of :class:`aalr_ray.core.AALR`
+to a model and an optimizer: it keeps theta_0 (during phase 1) and the best
+checkpoint (during phase 2), reloads them when the core says so, and sets the
+LR on every param group. It follows the contract of ``torch.optim``'s LR
+schedulers: ``step(loss)`` once per epoch, ``get_last_lr()``,
+``state_dict()``/``load_state_dict()``.
+
+Example::
+
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    aalr = AALRController(model, optimizer, max_epochs=100)
+    aalr.start(measure_loss(model, train_batches(), loss_fn))   # J(theta_0)
+    while not aalr.finished:
+        loss = train_epoch(model, optimizer, train_batches(), loss_fn)
+        aalr.step(loss)          # may reload weights; sets the next epoch's LR
+    aalr.finish()                # final="best" reloads the best checkpoint
+
+A typical LR per epoch (phase 1 needs 10 epochs that do not worsen the loss;
+then the LR doubles while the loss improves, gets a second window when it
+does not, and halves after the second failure)::
+
+    epochs 1-10   0.1     phase 1
+    epochs 11-12  0.2     improved -> double
+    epochs 13-14  0.4     no gain, second try
+    epochs 15-16  0.4     no gain again -> halve, patience 2
+    epochs 17-19  0.2     improved -> double ...
+
+Only the memory of one extra model + optimizer state is used: theta_0 is
+dropped when phase 1 ends, when the first best checkpoint is taken.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .core import AALR, Action, is_bad
+
+__all__ = ["AALRController", "train_epoch", "measure_loss", "FINALS", "atomic_torch_save"]
+
+FINALS = ("last", "best")
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the same directory, then rename over ``path``.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    # state_dict() returns live references; clone so later steps cannot change the snapshot.
+    return {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+    }
+
+
+def snapshot_nbytes(snapshot: dict | None) -> int:
+    """Bytes held by the tensors of a snapshot (for the memory benchmark)."""
+    if snapshot is None:
+        return 0
+    total = 0
+    stack = [snapshot]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
+
+
+class AALRController:
+    """Drive a model and optimizer with AALR, one :meth:`step` per epoch.
+
+    Args:
+        model, optimizer: what to train. The LR of every param group is set
+            to ``core.lr`` times the group's ratio to the first group at
+            construction, so per-group LR ratios are kept.
+        max_epochs, initial_lr, phase1_patience, window,
+        collapse_is_divergence, restore_on_decrease: passed to
+            :class:`aalr_ray.core.AALR` (the paper's values by default).
+        final: ``"last"`` keeps the last weights after :meth:`finish`;
+            ``"best"`` reloads the best checkpoint.
+        best_path: keep the best checkpoint in this file instead of memory
+            (for models whose second copy does not fit on the device).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_epochs: int, *,
+                 initial_lr: float = 0.1, phase1_patience: int = 10, window: str = "text",
+                 collapse_is_divergence: bool = False, restore_on_decrease: bool = False,
+                 final: str = "last", best_path: str | os.PathLike | None = None):
+        if final not in FINALS:
+            raise ValueError(f"final must be one of {', '.join(FINALS)}; got {final!r}")
+        self.core = AALR(max_epochs, initial_lr=initial_lr, phase1_patience=phase1_patience,
+                         window=window, collapse_is_divergence=collapse_is_divergence,
+                         restore_on_decrease=restore_on_decrease)
+        self.model = model
+        self.optimizer = optimizer
+        self.final = final
+        self.best_path = Path(best_path) if best_path is not None else None
+        reference = optimizer.param_groups[0]["lr"]
+        if not reference > 0:
+            raise ValueError(f"the optimizer's first param group needs an LR > 0 to keep ratios, got {reference!r}")
+        self.lr_ratios = [group["lr"] / reference for group in optimizer.param_groups]
+        self._initial: dict | None = None  # theta_0 + fresh optimizer state, phase 1 only
+        self._best: dict | None = None  # in memory unless best_path is set
+        self._best_saved = False
+        self.last_action: Action | None = None
+        self._apply_lr()
+
+    # -------------------------------------------------------------- the loop
+    def start(self, initial_loss: float) -> None:
+        """Remember theta_0 and the fresh optimizer; L* := ``initial_loss``."""
+        self.core.start(initial_loss)
+        self._initial = _snapshot(self.model, self.optimizer)
+        self._apply_lr()
+
+    def step(self, loss: float) -> Action:
+        """Feed one epoch's loss; perform the core's action; set the next LR."""
+        action = self.core.step(loss)
+        if action is Action.SAVE_BEST:
+            self._save_best()
+            self._initial = None  # phase 1 is over: theta_0 is never reloaded again
+        elif action is Action.RESTORE_BEST:
+            self._load(self._load_best())
+        elif action is Action.RESTORE_INITIAL:
+            self._load(self._initial)
+        self._apply_lr()
+        self.last_action = action
+        return action
+
+    def finish(self) -> None:
+        """With ``final="best"``, reload the best checkpoint (if phase 2 was reached)."""
+        if self.final == "best" and self.has_best:
+            self._load(self._load_best())
+            self._apply_lr()
+
+    # ------------------------------------------------------------------ views
+    def get_last_lr(self) -> list[float]:
+        """The LR of each param group, as torch's LR schedulers report it."""
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    @property
+    def lr(self) -> float:
+        return self.core.lr
+
+    @property
+    def finished(self) -> bool:
+        return self.core.finished
+
+    @property
+    def epoch(self) -> int:
+        return self.core.epoch
+
+    @property
+    def phase(self) -> int:
+        return self.core.phase
+
+    @property
+    def patience(self) -> int:
+        return self.core.patience
+
+    @property
+    def best_loss(self) -> float:
+        return self.core.best_loss
+
+    @property
+    def has_best(self) -> bool:
+        return self._best_saved
+
+    def snapshot_nbytes(self) -> int:
+        """Bytes of weights and optimizer state held in memory besides the live ones."""
+        return snapshot_nbytes(self._initial) + snapshot_nbytes(self._best)
+
+    # ---------------------------------------------------------- persistence
+    def state_dict(self) -> dict:
+        """Core state + snapshots; save it with ``torch.save`` beside the model's.
+
+        The snapshots are included even with ``best_path`` so that a checkpoint
+        is self-contained (it may be moved to other storage before a resume).
+        """
+        return {
+            "core": self.core.state_dict(),
+            "lr_ratios": list(self.lr_ratios),
+            "final": self.final,
+            "initial": self._initial,
+            "best": self._load_best() if self.has_best else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; call it after loading the optimizer's state."""
+        self.core.load_state_dict(state["core"])
+        self.lr_ratios = list(state["lr_ratios"])
+        self.final = state["final"]
+        self._initial = state["initial"]
+        self._best, self._best_saved = None, False
+        if state["best"] is not None:
+            self._store_best(state["best"])
+        self._apply_lr()  # a loaded optimizer state carries the LR it was saved with
+
+    # -------------------------------------------------------------- helpers
+    def _apply_lr(self) -> None:
+        for group, ratio in zip(self.optimizer.param_groups, self.lr_ratios):
+            group["lr"] = self.core.lr * ratio
+
+    def _save_best(self) -> None:
+        self._store_best(_snapshot(self.model, self.optimizer))
+
+    def _store_best(self, snapshot: dict) -> None:
+        if self.best_path is None:
+            self._best = snapshot
+        else:
+            atomic_torch_save(snapshot, self.best_path)
+        self._best_saved = True
+
+    def _load_best(self) -> dict:
+        if self.best_path is None:
+            return self._best
+        return torch.load(self.best_path, map_location="cpu", weights_only=True)
+
+    def _load(self, snapshot: dict | None) -> None:
+        if snapshot is None:
+            raise RuntimeError("AALR has no snapshot to restore: was start() called?")
+        self.model.load_state_dict(snapshot["model"])
+        # load_state_dict copies tensors into the optimizer's params' devices,
+        # and replaces (not merges) the per-parameter state.
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+
+
+# ---------------------------------------------------------------- epoch loops
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                make_inputs: Callable | None = None, after_batch: Callable[[], None] | None = None,
+                check_every: int | None = None) -> float:
+    """Train one epoch; return the mean training loss over examples.
+
+    Fast fail: at the first bad (NaN/inf) batch loss the epoch ends and NaN is
+    returned. The weights cannot recover, and AALR rolls them back anyway.
+    ``make_inputs(model, x, y)`` may replace a batch's inputs before the
+    update (the seam for adversarial training). ``after_batch()`` runs after
+    every optimizer step (per-batch schedules). On CUDA the loss is checked
+    every ``check_every`` (default 16) batches to avoid a sync per batch.
+    """
+    model.train()
+    total = None
+    count = 0
+    for i, (x, y) in enumerate(batches):
+        if make_inputs is not None:
+            x = make_inputs(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if after_batch is not None:
+            after_batch()
+        batch_sum = loss.detach() * y.shape[0]
+        total = batch_sum if total is None else total + batch_sum
+        count += y.shape[0]
+        every = check_every or (16 if loss.is_cuda else 1)
+        if (i + 1) % every == 0 and is_bad(float(total)):
+            return math.nan
+    if count == 0:
+        raise ValueError("train_epoch got no batches")
+    return float(total) / count
+
+
+@torch.no_grad()
+def measure_loss(model: torch.nn.Module, batches: Batches,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                 train_mode: bool = True, make_inputs: Callable | None = None) -> float:
+    """Mean loss over ``batches`` without updating the weights.
+
+    With ``train_mode=True`` the forward passes run as in training (batch
+    statistics for BatchNorm, dropout on), so the result is comparable with
+    :func:`train_epoch`'s mean loss; BatchNorm running statistics are put
+    back afterwards, so the model leaves exactly as it came. This is how
+    J(theta_0) is measured.
+    """
+    was_training = model.training
+    saved_buffers = {k: v.clone() for k, v in model.named_buffers()} if train_mode else None
+    model.train(train_mode)
+    total, count = 0.0, 0
+    try:
+        for x, y in batches:
+            if make_inputs is not None:
+                with torch.enable_grad():
+                    x = make_inputs(model, x, y)
+            total += float(loss_fn(model(x), y)) * y.shape[0]
+            count += y.shape[0]
+    finally:
+        if saved_buffers is not None:
+            for name, buffer in model.named_buffers():
+                buffer.copy_(saved_buffers[name])
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("measure_loss got no batches")
+    return total / count
