@@ -1,0 +1,108 @@
+"""Small shared pieces: the dataset spec, the one-line error, seed mixing."""
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass
+
+import torch
+
+AUGMENTATIONS = ("none", "standard", "cutout", "random-erasing")
+
+
+class DataError(ValueError):
+    """A dataset problem the user can fix; the message is always one line.
+
+    Command-line code prints it as ``error: <msg>`` with no traceback, so
+    newlines in wrapped exception texts are folded into spaces here.
+    """
+
+    def __init__(self, message: object) -> None:
+        super().__init__(one_line(message))
+
+
+def one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model needs to know about a dataset.
+
+    ``mean``/``std`` are per channel, of the training inputs as the batches
+    deliver them (images in [0, 1]); the model normalises with them.
+    ``train_size``/``test_size`` are the sizes actually loaded, i.e. after
+    ``smoke``, ``train_limit`` and ``test_limit``.
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_size: int
+    test_size: int
+
+
+def default_data_dir() -> pathlib.Path:
+    """``$AALR_RAY_DATA_DIR``, or ``~/.cache/aalr_ray/data``."""
+    env = os.environ.get("AALR_RAY_DATA_DIR")
+    if env:
+        return pathlib.Path(env).expanduser()
+    return pathlib.Path.home() / ".cache" / "aalr_ray" / "data"
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of inputs shaped (N, C, ...).
+
+    Inputs shaped (N, F) count as one channel. uint8 images are scaled to
+    [0, 1] first, as the batches deliver them.
+    """
+    xf = x.double()
+    if x.dtype == torch.uint8:
+        xf = xf / 255.0
+    if xf.dim() <= 2:
+        flat = xf.reshape(1, -1)
+    else:
+        flat = xf.transpose(0, 1).reshape(xf.shape[1], -1)
+    mean = tuple(round(float(v), 6) for v in flat.mean(dim=1))
+    std = tuple(round(float(v), 6) for v in flat.std(dim=1, unbiased=False))
+    return mean, std
+
+
+# --- seed mixing -------------------------------------------------------------
+# Every random choice (epoch order, each example's augmentation) gets its own
+# seed derived from integers such as (seed, epoch, index). Nothing reads the
+# global RNG or a worker's seed, so results do not depend on the process,
+# the number of workers, which worker serves an example, or restarts.
+
+_MASK64 = (1 << 64) - 1
+
+# Stream tags keep the permutation and augmentation seeds apart even when the
+# other integers coincide.
+PERMUTATION_STREAM = 0x7065726D  # "perm"
+AUGMENT_STREAM = 0x61756731  # "aug1"
+
+
+def _splitmix64(x: int) -> int:
+    # SplitMix64 finaliser (Steele, Lea & Flood 2014): a cheap bijective
+    # 64-bit hash with good avalanche, so nearby inputs give unrelated seeds.
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of the integers ``parts``."""
+    h = len(parts)
+    for p in parts:
+        h = _splitmix64(h ^ (int(p) & _MASK64))
+    return h >> 1
+
+
+def generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from ``parts`` (see :func:`mix_seed`)."""
+    g = torch.Generator()
+    g.manual_seed(mix_seed(*parts))
+    return g
