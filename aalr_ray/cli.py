@@ -34,8 +34,12 @@ def _positive(name: str, value: int) -> int:
 def _format_row(row: dict, epochs: int) -> str:
     text = (f"epoch {row['epoch']:>4}/{epochs}  lr {row['lr']:<9.4g} train_loss {row['train_loss']:<8.4f} "
             f"test_loss {row['test_loss']:<8.4f} test_acc {100 * row['test_acc']:6.2f}%  {row['epoch_s']:.2f}s")
+    for key in ("fgsm_acc", "pgd_acc"):
+        if key in row:
+            text += f"  {key} {100 * row[key]:.2f}%"
     if "phase" in row:
-        text += f"  phase {row['phase']} p={row['patience']} {row['action']}"
+        patience = f" p={row['patience']}" if row["phase"] == 2 else ""
+        text += f"  phase {row['phase']}{patience} {row['action']}"
     return text
 
 
@@ -63,6 +67,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--augmentation", default="none")
+    p.add_argument("--training", default="natural",
+                   help="natural, or adversarial training: fgsm:eps=8/255 | pgd:eps=8/255,alpha=2/255,steps=7")
+    p.add_argument("--robust-eval", action="store_true",
+                   help="report FGSM and PGD-10 test accuracy every epoch (on by default for adversarial training)")
     p.add_argument("--epoch-loss", default="train-mean", choices=EPOCH_LOSSES,
                    help="the loss AALR judges: the epoch's mean training loss (free) or a clean pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
@@ -87,13 +95,13 @@ def _parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def _run_train(args) -> int:
+def _train_config(args):
     from .data import AUGMENTATIONS, dataset_names
     from .methods import method_names
     from .models import model_names
-    from .train import RunConfig, TrainingRun
+    from .train import RunConfig
 
-    config = RunConfig(
+    return RunConfig(
         model=_choices("model", args.model, model_names(), allow_import_path=True),
         dataset=_choices("dataset", args.dataset, dataset_names(), allow_import_path=True),
         method=_choices("method", args.method, method_names()),
@@ -107,11 +115,25 @@ def _run_train(args) -> int:
         data_dir=args.data_dir,
         method_options=_parse_options(args.option),
         threads=args.threads,
+        training=args.training,
+        robust_eval={} if args.robust_eval else None,
     )
+
+
+def _run_train(args) -> int:
+    from .train import TrainingRun
+
+    try:
+        config = _train_config(args)
+    except ValueError as exc:  # RunConfig's own checks (training mode, robust eval)
+        raise UsageError(str(exc)) from None
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"--out directory {str(out.parent)!r} does not exist")
-    run = TrainingRun(config)  # loads data, builds model and method: all input errors surface here
+    try:
+        run = TrainingRun(config)  # loads data, builds model and method: input errors surface here
+    except (ImportError, AttributeError, ValueError) as exc:  # e.g. a bad import path
+        raise UsageError(str(exc).splitlines()[0]) from None
     spec = run.data.spec
     print(f"{config.method} on {config.model} / {config.dataset} {spec.input_shape}, {config.epochs} epochs, "
           f"seed {config.seed}, batch {config.batch_size}, device {run.device}", flush=True)
@@ -131,12 +153,76 @@ def _run_train(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------------- grid
+def _grid_parser(sub) -> None:
+    p = sub.add_parser(
+        "grid", help="run a YAML grid as one Ray Tune experiment",
+        description="Run datasets x models x methods x seeds from a YAML job file as one Ray Tune experiment; "
+                    "write epochs.parquet, trials.parquet and report.md into <storage>/<name>.")
+    p.add_argument("job", help="the grid file, e.g. jobs/quickstart.yaml")
+    p.add_argument("--storage", default="./results", help="local path or URI (s3://bucket/prefix); default ./results")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (auto, ray://..., host:port); default $RAY_ADDRESS or an embedded local Ray")
+    p.add_argument("--data-dir", default=None, help="where datasets live on every node")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted grid (finished trials are kept)")
+    p.add_argument("--smoke", action="store_true",
+                   help="check the file on a CPU: a covering subset, 2 epochs, tiny (synthetic where needed) data")
+    p.set_defaults(func=_run_grid)
+
+
+def _run_grid(args) -> int:
+    from .grid import GridError
+    from .report import print_summary, write_report
+    from .runner import GridRunError, run_grid
+
+    try:
+        experiment, collected = run_grid(args.job, storage=args.storage, address=args.address,
+                                         data_dir=args.data_dir, resume=args.resume, smoke=args.smoke)
+    except GridError as exc:
+        for problem in exc.problems:
+            print(f"aalr-ray: error: {problem}", file=sys.stderr)
+        return 2
+    except GridRunError as exc:
+        raise UsageError(str(exc)) from None
+    if collected is not None:
+        write_report(experiment)
+    print_summary(experiment)
+    if collected is not None and not collected.complete:
+        unfinished = [t["trial_name"] for t in collected.trials if t["status"] != "TERMINATED"]
+        print(f"{len(unfinished)} of {len(collected.trials)} trials did not finish: {', '.join(unfinished[:6])}"
+              f"{' ...' if len(unfinished) > 6 else ''}; continue with --resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="(re)write report.md and the figures from an experiment's Parquet files",
+                       description="Write report.md and PNG figures from EXPERIMENT_DIR/{epochs,trials}.parquet.")
+    p.add_argument("experiment", help="experiment directory or URI, e.g. results/quickstart")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from . import storage
+    from .report import print_summary, write_report
+    from .runner import TRIALS_FILE
+
+    experiment = args.experiment if "://" in args.experiment else str(Path(args.experiment).resolve())
+    if not storage.exists(f"{experiment}/{TRIALS_FILE}"):
+        raise UsageError(f"no {TRIALS_FILE} in {experiment}: not an experiment directory written by aalr-ray grid")
+    print(f"wrote {write_report(experiment)}")
+    print_summary(experiment)
+    return 0
+
+
 # -------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aalr-ray", description="Hyperparameter-free learning-rate tuning (AALR) on PyTorch and Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _grid_parser(sub)
+    _report_parser(sub)
     return parser
 
 

@@ -24,15 +24,17 @@ from typing import Callable, Iterator
 
 import torch
 
+from .attacks import MODES as TRAINING_MODES
+from .attacks import AttackConfig, fgsm_accuracy, make_inputs, pgd_accuracy
 from .controller import measure_loss, train_epoch
 from .core import is_bad
 from .data import Data, load_dataset
 from .methods import Method, build_method
 from .models import build_model
 
-__all__ = ["RunConfig", "TrainingRun", "TRAINING_MODES", "EPOCH_LOSSES", "resolve_device", "evaluate"]
+__all__ = ["RunConfig", "TrainingRun", "TRAINING_MODES", "EPOCH_LOSSES", "ROBUST_EVAL_DEFAULTS",
+           "resolve_device", "evaluate"]
 
-TRAINING_MODES = ("natural",)  # the adversarial issue adds fgsm and pgd here
 # What AALR (and plateau) judge: the mean training loss of the epoch (free; the
 # paper's no-overhead claim) or a clean no-grad pass over the training set.
 EPOCH_LOSSES = ("train-mean", "clean-pass")
@@ -52,11 +54,21 @@ class RunConfig:
     # every method gets the same value so that only the LR rule differs.
     weight_decay: float = 5e-4
     augmentation: str = "none"
-    training: str = "natural"
+    # "natural", or an attack that replaces each batch's inputs before the
+    # update: "fgsm:eps=8/255", "pgd:eps=8/255,alpha=2/255,steps=7" or the same
+    # as a mapping (aalr_ray.attacks.AttackConfig). AALR then judges the
+    # adversarial training loss, and J(theta_0) is measured under the attack.
+    training: str | dict = "natural"
+    # FGSM and PGD test accuracy per epoch: None = on for adversarial training
+    # (at its eps), off for natural; a mapping turns it on and overrides
+    # ROBUST_EVAL_DEFAULTS.
+    robust_eval: dict | None = None
     epoch_loss: str = "train-mean"
     device: str = "auto"
     data_dir: str | None = None
     smoke: bool = False
+    train_limit: int | None = None  # keep only the first N training / test examples
+    test_limit: int | None = None
     method_options: dict = field(default_factory=dict)
     # One torch thread per run: two 2-thread runs on a 2-core machine are many
     # times slower than two 1-thread runs. 0 leaves torch's default.
@@ -67,13 +79,42 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.training not in TRAINING_MODES:
-            raise ValueError(f"unknown training mode {self.training!r}; choose from: {', '.join(TRAINING_MODES)}")
+        self.attack  # validates the training mode  # noqa: B018
+        self.robust_eval_settings  # noqa: B018
         if self.epoch_loss not in EPOCH_LOSSES:
             raise ValueError(f"unknown epoch_loss {self.epoch_loss!r}; choose from: {', '.join(EPOCH_LOSSES)}")
 
+    @property
+    def attack(self) -> AttackConfig:
+        return AttackConfig.parse(self.training)
+
+    @property
+    def robust_eval_settings(self) -> dict | None:
+        """The robust evaluation actually run, or None."""
+        attack = self.attack
+        if self.robust_eval is None and attack.mode == "natural":
+            return None
+        unknown = sorted(set(self.robust_eval or {}) - set(ROBUST_EVAL_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown robust_eval option(s) {', '.join(unknown)}; "
+                             f"choose from: {', '.join(ROBUST_EVAL_DEFAULTS)}")
+        settings = dict(ROBUST_EVAL_DEFAULTS)
+        if attack.mode != "natural":
+            settings["eps"] = attack.eps
+        settings.update(self.robust_eval or {})
+        if settings["alpha"] is None:
+            settings["alpha"] = settings["eps"] / 4  # Madry et al.: 2/255 steps at 8/255
+        AttackConfig(mode="pgd", eps=settings["eps"], alpha=settings["alpha"], steps=settings["pgd_steps"])
+        return settings
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Robust accuracy as RobustBench and Madry et al. report it: white-box, l-inf,
+# plain FGSM and PGD-k with a random start, on the first ``subset`` test
+# examples (None: all) to keep per-epoch evaluation affordable.
+ROBUST_EVAL_DEFAULTS = {"eps": 8 / 255, "alpha": None, "pgd_steps": 10, "subset": 1000}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -114,7 +155,8 @@ class TrainingRun:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
         self.data = data or load_dataset(config.dataset, data_dir=config.data_dir,
-                                         augmentation=config.augmentation, smoke=config.smoke)
+                                         augmentation=config.augmentation, smoke=config.smoke,
+                                         train_limit=config.train_limit, test_limit=config.test_limit)
         spec = self.data.spec
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, spec.num_classes, spec.input_shape,
@@ -124,10 +166,11 @@ class TrainingRun:
             config.method, self.model, epochs=config.epochs, steps_per_epoch=self.steps_per_epoch,
             model_name=config.model, weight_decay=config.weight_decay, options=config.method_options)
         self.loss_fn = torch.nn.functional.cross_entropy
-        # The seam for adversarial training: replaces a batch's inputs before
-        # the update, and is used for J(theta_0) too, so AALR compares like
-        # with like. None means natural training.
-        self.make_inputs: Callable | None = None
+        # Adversarial training replaces a batch's inputs before the update,
+        # and J(theta_0) is measured the same way, so AALR compares like with
+        # like. None means natural training.
+        self.make_inputs: Callable | None = make_inputs(config.attack)
+        self.robust_eval = config.robust_eval_settings
         self.epoch = 0
         self.initial_loss: float | None = None
 
@@ -175,22 +218,39 @@ class TrainingRun:
         started = time.perf_counter()
         eval_model = method.eval_model(self.model, lambda: self.train_batches(epoch))
         test_loss, test_acc = evaluate(eval_model, self.test_batches())
+        robust = self._robust_accuracy(eval_model)
         eval_s = time.perf_counter() - started
 
         self.epoch = epoch
         used = lrs[:-1] or lrs  # the last entry is the LR after the final step
         row = {
             "epoch": epoch,
-            "lr": sum(used) / len(used),
+            # A constant LR is reported exactly, not as a rounded mean.
+            "lr": used[0] if min(used) == max(used) else sum(used) / len(used),
             "train_loss": train_loss,
             "test_loss": test_loss,
             "test_acc": test_acc,
             "epoch_s": epoch_s,
             "eval_s": eval_s,
             "bad_loss": is_bad(train_loss),  # NaN/inf: the flag a diverged run carries
+            **robust,
         }
         row.update(decision)
         return row
+
+    def _robust_accuracy(self, model: torch.nn.Module) -> dict:
+        settings = self.robust_eval
+        if settings is None:
+            return {}
+        subset = settings["subset"]
+        # The same random starts at every epoch and in summary(): robust
+        # accuracy then moves only with the weights.
+        torch.manual_seed(epoch_seed(self.config.seed, 0) + 1)
+        return {
+            "fgsm_acc": fgsm_accuracy(model, self.test_batches(), settings["eps"], limit=subset),
+            "pgd_acc": pgd_accuracy(model, self.test_batches(), settings["eps"], settings["alpha"],
+                                    settings["pgd_steps"], limit=subset),
+        }
 
     def __iter__(self) -> Iterator[dict]:
         while self.epoch < self.config.epochs:
@@ -201,7 +261,8 @@ class TrainingRun:
         """Test metrics of the weights the run ends with (after ``finish()``)."""
         eval_model = self.method.eval_model(self.model, lambda: self.train_batches(self.epoch))
         test_loss, test_acc = evaluate(eval_model, self.test_batches())
-        return {"final_test_loss": test_loss, "final_test_acc": test_acc, "epochs": self.epoch}
+        final = {"final_" + k: v for k, v in self._robust_accuracy(eval_model).items()}
+        return {"final_test_loss": test_loss, "final_test_acc": test_acc, **final}
 
     # --------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -54,6 +54,7 @@ from .spec import AUGMENTATIONS, DataError, DatasetSpec, channel_stats, default_
 
 __all__ = [
     "AUGMENTATIONS",
+    "builtin_input_shape",
     "Data",
     "DataError",
     "DatasetSpec",
@@ -71,6 +72,13 @@ _SMOKE_SEED = 1  # the smoke stand-ins differ from ``synthetic`` on purpose
 def dataset_names() -> list[str]:
     """The built-in dataset names (a ``package.module:function`` also works)."""
     return list(_NAMES)
+
+
+def builtin_input_shape(name: str) -> tuple[int, ...] | None:
+    """One example's shape for a built-in dataset, without loading it (None for factories)."""
+    if name in TORCHVISION:
+        return tuple(TORCHVISION[name].input_shape)
+    return {"mnist1d": (1, 40), "digits": (1, 8, 8), "synthetic": (3, 32, 32)}.get(name)
 
 
 def valid_augmentations(name: str) -> tuple[str, ...]:

@@ -44,6 +44,7 @@ __all__ = [
     "Normalize",
     "PUBLISHED_PARAMS",
     "REFERENCE_SHAPES",
+    "check_input_shape",
     "build_model",
     "model_names",
 ]
@@ -196,6 +197,18 @@ def _with_normalize(net: nn.Module, mean, std, shape: tuple[int, ...]) -> nn.Mod
     return nn.Sequential(OrderedDict(normalize=norm, net=net))
 
 
+def check_input_shape(name: str, input_shape: Sequence[int]) -> None:
+    """Raise :class:`ModelShapeError` if registry model ``name`` cannot take ``input_shape``.
+
+    By rule, without building the model (cheap even for WRN-28-10). Import-path
+    models are not checked: only building them tells.
+    """
+    shape = _as_shape(name, input_shape)
+    entry = _REGISTRY.get(name)
+    if entry is not None and not entry.check(shape):
+        raise ModelShapeError(f"model {name!r} cannot take input_shape {shape}; it accepts {entry.accepts}")
+
+
 def build_model(name: str, num_classes: int, input_shape: Sequence[int],
                 mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None) -> nn.Module:
@@ -216,8 +229,6 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int],
         if entry is None:
             raise ValueError(f"unknown model {name!r}; valid names: {', '.join(model_names())}"
                              " (or 'package.module:function')")
-        if not entry.check(shape):
-            raise ModelShapeError(f"model {name!r} cannot take input_shape {shape}; "
-                                  f"it accepts {entry.accepts}")
+        check_input_shape(name, shape)
         net = entry.make(num_classes, shape)
     return _with_normalize(net, mean, std, shape)

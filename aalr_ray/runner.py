@@ -1,0 +1,246 @@
+"""Run a grid as one Ray Tune experiment; write epochs.parquet, trials.parquet and the report.
+
+    aalr-ray grid jobs/quickstart.yaml [--storage PATH_OR_URI] [--address auto|ADDR]
+                                       [--data-dir DIR] [--resume] [--smoke]
+
+The experiment lives at ``<storage>/<grid name>`` (``<name>-smoke`` with
+``--smoke``); storage is a local path or any URI Ray storage takes
+(``s3://bucket/prefix``). Every trial checkpoints each epoch there, so an
+interrupted grid continues with ``--resume`` (finished trials are not run
+again), and running a finished grid again only prints its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from . import storage as store
+from .grid import Grid, expand, load_grid, smoke_configs
+from .trainable import aalr_trainable, load_checkpoint_dir
+
+__all__ = ["run_grid", "GridRunError", "collect", "write_parquet", "Collected", "EPOCHS_FILE", "TRIALS_FILE"]
+
+EPOCHS_FILE = "epochs.parquet"
+TRIALS_FILE = "trials.parquet"
+GRID_FILE = "grid.json"
+MAX_FAILURES = 2  # a trial whose worker dies is retried from its last checkpoint
+# Config fields that are dicts or mixed types go into Parquet as JSON text.
+JSON_FIELDS = ("method_options", "robust_eval", "training")
+
+
+class GridRunError(RuntimeError):
+    """A problem with the experiment as a whole (exists unfinished, grid changed, ...)."""
+
+
+# ------------------------------------------------------------------- results
+def _flat_config(config: dict) -> dict:
+    flat = {k: v for k, v in config.items() if k not in ("data_dir", "threads", "device")}
+    for key in JSON_FIELDS:
+        if key in flat and not isinstance(flat[key], str):
+            flat[key] = json.dumps(flat[key], sort_keys=True)
+    return flat
+
+
+def _epochs_to(rows: list[dict], target: float) -> int | None:
+    return next((row["epoch"] for row in rows if row["test_acc"] >= target), None)
+
+
+def trial_summary(config: dict, rows: list[dict], status: str, error: str | None) -> dict:
+    """One trials.parquet row: config, final/peak accuracies, rollbacks, wall time, status."""
+    summary = {**_flat_config(config), "status": status, "error": error, "epochs_done": len(rows)}
+    if rows:
+        last = rows[-1]
+        peak = max(rows, key=lambda r: r["test_acc"])
+        summary.update(
+            final_test_acc=last.get("final_test_acc", last["test_acc"]),
+            peak_test_acc=peak["test_acc"], peak_epoch=peak["epoch"],
+            epochs_to_99pct_peak=_epochs_to(rows, 0.99 * peak["test_acc"]),
+            final_train_loss=last["train_loss"], final_lr=last["lr"],
+            rollbacks=sum(str(r.get("action", "")).startswith("restore") for r in rows),
+            bad_epochs=sum(bool(r.get("bad_loss")) for r in rows),
+            wall_s=sum(r["epoch_s"] + r["eval_s"] for r in rows),
+        )
+        for key in ("fgsm_acc", "pgd_acc"):
+            if key in last:
+                summary[f"final_{key}"] = last.get(f"final_{key}", last[key])
+                summary[f"peak_{key}"] = max(r[key] for r in rows)
+    return summary
+
+
+@dataclass
+class Collected:
+    epochs: list[dict]
+    trials: list[dict]
+
+    @property
+    def complete(self) -> bool:
+        return all(t["status"] == "TERMINATED" for t in self.trials)
+
+
+def collect(result_grid, configs: list[dict]) -> Collected:
+    """Rows from each trial's latest checkpoint (the authoritative per-epoch log)."""
+    by_name = {c["trial_name"]: c for c in configs}
+    epochs, trials = [], []
+    for result in result_grid:
+        config = by_name.get(result.config.get("trial_name"), result.config)
+        rows: list[dict] = []
+        if result.checkpoint is not None:
+            with result.checkpoint.as_directory() as directory:
+                _, rows = load_checkpoint_dir(Path(directory))
+        if result.error is not None:
+            status, error = "ERROR", str(result.error).strip().splitlines()[-1][:500]
+        elif len(rows) >= config["epochs"]:
+            status, error = "TERMINATED", None
+        else:
+            status, error = "UNFINISHED", None
+        trial_id = result.metrics.get("trial_id") or Path(result.path).name.split("_", 1)[-1]
+        for row in rows:
+            epochs.append({"trial_id": trial_id, **_flat_config(config), **row})
+        trials.append({"trial_id": trial_id, **trial_summary(config, rows, status, error)})
+    return Collected(epochs, trials)
+
+
+def _table(records: list[dict]) -> pa.Table:
+    columns: dict[str, None] = {}
+    for record in records:
+        columns.update(dict.fromkeys(record))
+    data = {c: [r.get(c) for r in records] for c in columns}
+    if "error" in data:
+        data["error"] = pa.array(data["error"], type=pa.string())  # typed even when no trial failed
+    # NaN losses stay NaN (floats); a column mixing ints and floats becomes float.
+    for c, values in data.items():
+        if any(isinstance(v, float) for v in values) and all(isinstance(v, (int, float)) or v is None
+                                                             for v in values if not isinstance(v, bool)):
+            data[c] = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
+    return pa.table(data)
+
+
+def write_parquet(experiment: str, collected: Collected) -> None:
+    store.write_table(f"{experiment}/{EPOCHS_FILE}", _table(collected.epochs))
+    store.write_table(f"{experiment}/{TRIALS_FILE}", _table(collected.trials))
+
+
+# ---------------------------------------------------------------------- Tune
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster: `ray job submit` sets RAY_ADDRESS for the driver
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:  # embedded: always a new local Ray, never another one on this machine
+        ray.init(address="local", logging_level=logging.WARNING, log_to_driver=False)
+
+
+def _param_space(configs: list[dict]) -> dict:
+    """A grid search over trial names, each resolving to its full, flat trial config.
+
+    include/exclude/overrides make grids that crossing ``tune.grid_search``
+    axes cannot express; this keeps Tune's configs flat (one column per field
+    in its results, TensorBoard and progress table).
+    """
+    from ray import tune
+
+    by_name = {c["trial_name"]: c for c in configs}
+    space = {"trial_name": tune.grid_search(list(by_name))}
+    for key in configs[0]:
+        if key != "trial_name":
+            space[key] = tune.sample_from(lambda config, key=key: by_name[config["trial_name"]][key])
+    return space
+
+
+def _tuner(grid: Grid, configs: list[dict], storage: str, name: str):
+    from ray import tune
+
+    resources = {"cpu": grid.resources["cpu"], "gpu": grid.resources["gpu"]}
+    reporter = tune.CLIReporter(
+        parameter_columns={"method": "method", "model": "model", "dataset": "dataset", "seed": "seed"},
+        metric_columns={"epochs_done": "epoch", "lr": "lr", "train_loss": "train_loss", "test_acc": "test_acc"},
+        max_report_frequency=10, max_progress_rows=40, print_intermediate_tables=True)
+    return tune.Tuner(
+        tune.with_resources(aalr_trainable, resources),
+        param_space=_param_space(configs),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=grid.max_concurrent,
+            trial_dirname_creator=lambda trial: f"{trial.config['trial_name']}_{trial.trial_id}",
+            trial_name_creator=lambda trial: trial.config["trial_name"],
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, progress_reporter=reporter, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            # The trainable never restores an older checkpoint; two bound the disk.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def prepare(grid_path: str, *, data_dir: str | None = None, smoke: bool = False) -> tuple[Grid, list[dict], str]:
+    """Grid, trial configs and experiment name; validates everything before anything runs."""
+    grid = load_grid(grid_path)
+    configs = expand(grid)
+    name = grid.name
+    if smoke:
+        # A CPU check: one CPU per trial and no GPU, whatever the file asks for
+        # (a GPU request would wait forever on a machine without one).
+        configs, name = smoke_configs(configs), f"{grid.name}-smoke"
+        grid = dataclasses.replace(grid, resources={"cpu": 1, "gpu": 0}, max_concurrent=None)
+    threads = max(1, int(grid.resources["cpu"]))
+    for config in configs:
+        config["data_dir"] = str(Path(data_dir).expanduser().resolve()) if data_dir else None
+        config["threads"] = threads
+    return grid, configs, name
+
+
+def run_grid(grid_path: str, *, storage: str = "./results", address: str | None = None,
+             data_dir: str | None = None, resume: bool = False, smoke: bool = False,
+             out=None) -> tuple[str, Collected | None]:
+    """Run or resume a grid and write its Parquet files.
+
+    Returns (experiment URI, collected results), or (URI, None) when the
+    experiment had already completed and nothing was trained.
+    """
+    from ray import tune
+
+    out = out or sys.stdout
+    grid, configs, name = prepare(grid_path, data_dir=data_dir, smoke=smoke)
+    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    experiment = store.experiment_uri(storage, name)
+    fingerprint = [{k: v for k, v in c.items() if k not in ("data_dir", "threads")} for c in configs]
+
+    started_before = store.exists(f"{experiment}/{GRID_FILE}")
+    if started_before:
+        if store.read_json(f"{experiment}/{GRID_FILE}") != json.loads(json.dumps(fingerprint)):
+            raise GridRunError(f"{experiment} holds a different grid (the file changed since it ran); "
+                               "give the grid a new name or use another --storage")
+        if store.exists(f"{experiment}/{TRIALS_FILE}"):
+            trials = store.read_table(f"{experiment}/{TRIALS_FILE}").to_pylist()
+            if all(t["status"] == "TERMINATED" for t in trials):
+                print(f"{name}: already complete, nothing to train; results in {experiment}", file=out)
+                return experiment, None
+        if not resume:
+            raise GridRunError(f"{experiment} exists and did not finish; continue it with --resume "
+                               "(finished trials are not run again)")
+    elif resume:
+        raise GridRunError(f"nothing to resume at {experiment}; run without --resume to start it")
+
+    _init_ray(address)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table with our columns, not the new output
+    print(f"{name}: {len(configs)} trials -> {experiment}", file=out, flush=True)
+    trainable = tune.with_resources(aalr_trainable, grid.resources)
+    if started_before and tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        store.write_bytes(f"{experiment}/{GRID_FILE}", json.dumps(fingerprint, indent=1).encode())
+        tuner = _tuner(grid, configs, storage, name)
+    collected = collect(tuner.fit(), configs)
+    write_parquet(experiment, collected)
+    return experiment, collected

@@ -1,0 +1,423 @@
+"""AALR as a Ray Tune ``TrialScheduler``, for trainables written for PBT.
+
+:class:`AALRScheduler` runs AALR (:mod:`aalr_ray.core`) over an unmodified
+PBT-style function trainable: it feeds each reported loss to one
+:class:`~aalr_ray.core.AALR` per trial and turns the returned action into Tune
+operations, the way PBT's exploit does::
+
+    from aalr_ray.scheduler import AALRScheduler
+
+    tuner = tune.Tuner(
+        my_trainable,
+        param_space={"seed": tune.grid_search([0, 1, 2])},
+        tune_config=tune.TuneConfig(
+            scheduler=AALRScheduler(metric="train_loss", max_epochs=60),
+            reuse_actors=True,  # helps while other trials wait to start (see "The cost")
+        ),
+        run_config=tune.RunConfig(
+            storage_path="./results",
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # required
+        ),
+    )
+
+What the trainable must do (a function trainable, as for PBT):
+
+* read ``config["lr"]`` (``lr_key``) at start; it is set by the scheduler;
+* on start, restore model *and* optimizer from ``tune.get_checkpoint()`` when
+  there is one, **then** set the optimizer's LR from the config
+  (``optimizer.load_state_dict`` brings back the old LR); with no checkpoint,
+  initialise the model from its seed: that is theta_0, which AALR's phase 1
+  rolls back to;
+* report the training loss (``metric``) and a checkpoint (model, optimizer and
+  its own epoch counter) with **every** result, one result per epoch;
+* report ``initial_loss`` (``initial_loss_key``) = J(theta_0), the untrained
+  model's training loss, on its first result. Without it J(theta_0) is taken
+  as +inf: phase 1 then never rejects the first epoch after a restart from
+  theta_0 (L* is reset to J(theta_0) there), and ``collapse_is_divergence``
+  never fires;
+* derive each epoch's data order from the seed and an epoch count, so that a
+  restart does not change the data. The checkpoint's own counter rewinds on
+  a rollback; ``config["aalr_epochs_done"]`` (set by the scheduler: epochs
+  trained so far, rolled-back ones included) does not, and gives the same
+  data as :class:`aalr_ray.controller.AALRController` in one process;
+* not stop on its own before the scheduler stops it (a loop bound of
+  ``max_epochs`` on the checkpoint's epoch counter is fine: rollbacks only
+  make that counter lag the scheduler's).
+
+The cost: every LR change restarts the trial (pause, then start again from a
+checkpoint), because Tune cannot change a running trial's config; AALR changes
+the LR after most phase-2 windows, so expect a restart every few epochs.
+Measured on a shared 2-core CPU machine (Ray 2.60, a toy model):
+
+* ``reuse_actors=True`` with trials waiting to start: about 0.1 s per restart
+  (the paused trial's actor is reused);
+* otherwise (one trial, or every trial already started) about 3.5 s: Ray 2.60
+  caches a stopped trial's actor only while the searcher has more trials or a
+  trial is staged (``TuneController._maybe_cache_trial_actor``), so
+  ``reuse_actors=True`` then still starts a new actor per restart;
+* ``reuse_actors=False``: a new actor every time, 8-20 s here under load
+  (including the wait for a free CPU when other trials compete for it).
+
+The config gains the reserved key ``"_aalr"`` (below); a trainable must
+ignore unknown config keys. ``Result.config`` is the config the trainable
+last started with; the current one is in ``ExperimentAnalysis(path).trials``.
+
+Mapping of actions (see :func:`_restart_trial`, the only code that touches
+Tune internals):
+
+* LR unchanged (CONTINUE): ``TrialScheduler.CONTINUE``.
+* LR changed with the weights kept (SAVE_BEST's doubling, a halving after a
+  failed second try): set the config and return ``PAUSE``: the controller saves
+  and registers this result's checkpoint, then stops the trial; it restarts
+  from that checkpoint with the new LR. A SAVE_BEST remembers that checkpoint's
+  directory name as the best.
+* RESTORE_BEST: pause without saving, point the trial's restore checkpoint at
+  the best registered checkpoint, return ``NOOP``.
+* RESTORE_INITIAL: pause without saving, clear the trial's restore checkpoint
+  (the trainable starts from theta_0), return ``NOOP``.
+* The core trained ``max_epochs`` epochs: ``STOP``. If the final epoch asked
+  for RESTORE_BEST, the trial's final checkpoint is pointed at the best one
+  (so ``Result.checkpoint`` holds usable weights).
+
+Where the state lives, and why: in the trial's config under the reserved key
+``"_aalr"`` (JSON: the core's ``state_dict()``, the best checkpoint's
+directory name, counters). Tune writes the config into the experiment state
+together with the trial's checkpoint bookkeeping, so both come back together
+on ``Tuner.restore``, whereas the scheduler itself comes back in its initial
+state (ray-project/ray#30838) and the scheduler's copy of a result never
+reaches ``trial.last_result``. Because a snapshot can fall between a result
+(state updated) and the registration of that result's checkpoint, the config
+keeps two records, each tied to the checkpoint directory name it belongs to:
+the state the trial was in before the latest result and the state after it.
+When the scheduler meets a trial it has no state for (new scheduler after
+``Tuner.restore``, a retried trial), it takes the record that belongs to the
+checkpoint the trial restarts from. The best checkpoint is kept as a directory
+name (not a path) so it survives a moved experiment directory.
+
+Checkpoint retention: the best checkpoint must outlive any number of later
+epochs, so ``CheckpointConfig(num_to_keep=...)`` must be ``None`` (the
+default); the scheduler raises a ``ValueError`` otherwise. Prune old
+checkpoints after the run if disk space matters.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers.trial_scheduler import TrialScheduler
+
+from .core import AALR, Action
+
+if TYPE_CHECKING:
+    from ray.tune.execution.tune_controller import TuneController
+
+__all__ = ["AALRScheduler", "STATE_KEY", "EPOCHS_KEY"]
+
+logger = logging.getLogger(__name__)
+
+STATE_KEY = "_aalr"  # reserved config key holding the per-trial state
+# Config key with the epochs the trial trained so far, rolled-back ones included:
+# a trainable that derives its data order from it sees the same data whatever
+# checkpoint it restarts from (the checkpoint's own counter rewinds on rollbacks).
+EPOCHS_KEY = "aalr_epochs_done"
+_FORMAT = 1
+_CHECKPOINT_DIR_NAME = "checkpoint_dir_name"  # Tune adds it to every function-trainable result
+_KEEP = object()  # _restart_trial: keep the checkpoint reported with this result
+_RESTART_KINDS = ("lr_change", "restore_best", "restore_initial")
+
+
+# --------------------------------------------------------------- Ray internals
+def _restart_trial(tune_controller: Optional["TuneController"], trial: Trial, updates: Dict,
+                   restore_from=_KEEP) -> None:
+    """Set ``updates`` in ``trial``'s config and choose what it restarts from.
+
+    The ONLY function of this module that relies on Ray Tune internals
+    (private attributes, undocumented objects). Tested with Ray 2.60.0; PBT
+    does the same in ``ray/tune/schedulers/pbt.py`` (``_exploit``).
+
+    ``restore_from``:
+
+    * ``_KEEP``: only set the config. The caller returns CONTINUE, STOP, or
+      PAUSE; on PAUSE the controller saves and registers the checkpoint of
+      the current result, then stops the trial, which restarts from it.
+    * ``None``: pause without saving, restart with no checkpoint (theta_0).
+    * a checkpoint directory name: pause without saving, restart from that
+      registered checkpoint.
+
+    With ``tune_controller=None`` the trial is not paused (it is stopping).
+    """
+    # Private: the (checkpoint, metrics) pair Tune restores trials from.
+    from ray.train._internal.session import _TrainingResult
+
+    # Undocumented: the trial's checkpoint bookkeeping (a private class).
+    manager = trial.run_metadata.checkpoint_manager
+    # num_to_keep deletes all but the newest K checkpoints (the latest is
+    # spared); the best one is needed for any number of later epochs.
+    num_to_keep = manager.checkpoint_config.num_to_keep
+    if num_to_keep is not None:
+        raise ValueError(f"AALRScheduler needs CheckpointConfig(num_to_keep=None), got "
+                         f"num_to_keep={num_to_keep}: it would delete the best checkpoint")
+
+    trial.set_config({**trial.config, **updates})  # public; invalidates the cached trial JSON
+    # Private: when the param space holds objects, Tune swaps them for
+    # placeholders and rebuilds trial.config from this unresolved copy on
+    # Tuner.restore, which would silently drop our keys. Ours are plain JSON.
+    unresolved = trial.__dict__.get("_Trial__unresolved_config")
+    if isinstance(unresolved, dict) and unresolved is not trial.config:
+        trial._Trial__unresolved_config = {**unresolved, **updates}
+
+    if restore_from is _KEEP:
+        return
+    target = None
+    if restore_from is not None:
+        candidates = [manager.latest_checkpoint_result, *manager.best_checkpoint_results]
+        found = next((r for r in candidates if r is not None and r.checkpoint is not None
+                      and _dir_name(r.checkpoint.path) == restore_from), None)
+        if found is None:
+            raise RuntimeError(f"AALRScheduler: trial {trial} has no registered checkpoint "
+                               f"{restore_from!r} to roll back to")
+        # A copy, as PBT does: Tune adds keys to the metrics of the result it restores.
+        target = _TrainingResult(checkpoint=copy.copy(found.checkpoint), metrics=dict(found.metrics))
+    if tune_controller is not None and trial.status == Trial.RUNNING:
+        # Whitelisted scheduler API; without a save the checkpoint reported
+        # with the current result is never registered (it is discarded).
+        tune_controller.pause_trial(trial, should_checkpoint=False)
+    # Private: the checkpoint the trial restores from when it starts again
+    # (None: no restore; the trainable sees tune.get_checkpoint() is None).
+    manager._latest_checkpoint_result = target
+    # The runtime metadata JSON is cached; drop it so the next experiment
+    # snapshot holds the new restore point together with the new config.
+    trial.run_metadata.invalidate_cache()
+
+
+# --------------------------------------------------------------------- helpers
+def _dir_name(path: str) -> str:
+    return os.path.basename(str(path).rstrip("/\\"))
+
+
+def _checkpoint_name(trial: Trial) -> Optional[str]:
+    """The directory name of the checkpoint ``trial`` would restart from (public API)."""
+    checkpoint = trial.checkpoint
+    return None if checkpoint is None else _dir_name(checkpoint.path)
+
+
+@dataclass
+class _TrialState:
+    """One trial: its core and what belongs with it. ``ckpt`` is the checkpoint
+    the trial restarts from in this state; ``best`` the last SAVE_BEST's."""
+
+    core: AALR
+    ckpt: Optional[str] = None
+    best: Optional[str] = None
+    action: Optional[str] = None
+    restarts: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(_RESTART_KINDS, 0))
+
+    def record(self) -> dict:
+        return {"ckpt": self.ckpt, "best": self.best, "action": self.action,
+                "restarts": dict(self.restarts), "core": self.core.state_dict()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "_TrialState":
+        restarts = dict.fromkeys(_RESTART_KINDS, 0)
+        restarts.update(record.get("restarts") or {})
+        return cls(core=AALR.from_state_dict(record["core"]), ckpt=record.get("ckpt"),
+                   best=record.get("best"), action=record.get("action"), restarts=restarts)
+
+
+# ------------------------------------------------------------------- scheduler
+class AALRScheduler(TrialScheduler):
+    """Run AALR on every trial of a Tune experiment (see the module docstring).
+
+    Args:
+        metric: the training loss the trainable reports every epoch.
+        mode: must be ``"min"``: AALR minimises a loss.
+        max_epochs: epochs per trial, rolled-back ones included; the trial is
+            stopped after them.
+        lr_key: the config key the trainable reads its LR from.
+        initial_loss_key: result key of J(theta_0), read from a trial's first
+            result (missing: +inf, see the module docstring).
+        initial_lr, phase1_patience, window, collapse_is_divergence,
+        restore_on_decrease: passed to :class:`aalr_ray.core.AALR`.
+    """
+
+    # Every epoch must reach the scheduler: results are not buffered.
+    _supports_buffered_results = False
+
+    def __init__(self, metric: str = "train_loss", mode: str = "min", max_epochs: int = None,
+                 lr_key: str = "lr", initial_loss_key: str = "initial_loss", initial_lr: float = 0.1,
+                 phase1_patience: int = 10, window: str = "text", collapse_is_divergence: bool = False,
+                 restore_on_decrease: bool = False):
+        if mode != "min":
+            raise ValueError(f"AALRScheduler minimises a loss: mode must be 'min', got {mode!r}")
+        for name, value in (("metric", metric), ("lr_key", lr_key), ("initial_loss_key", initial_loss_key)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if {STATE_KEY, EPOCHS_KEY} & {lr_key, metric, initial_loss_key}:
+            raise ValueError(f"{STATE_KEY!r} and {EPOCHS_KEY!r} are reserved for the scheduler")
+        if max_epochs is None:
+            raise ValueError("max_epochs is required: the epochs each trial trains")
+        self._core_args = dict(max_epochs=max_epochs, initial_lr=initial_lr,
+                               phase1_patience=phase1_patience, window=window,
+                               collapse_is_divergence=collapse_is_divergence,
+                               restore_on_decrease=restore_on_decrease)
+        AALR(**self._core_args)  # validates them, with the core's one-line messages
+        super().__init__()
+        self._metric = metric
+        self._mode = mode
+        self._lr_key = lr_key
+        self._initial_loss_key = initial_loss_key
+        self._trials: Dict[str, _TrialState] = {}  # trial_id -> state; rebuilt from configs
+        self._rebuilds = 0  # states rebuilt from a config (after Tuner.restore, retries)
+
+    # ------------------------------------------------------------ Tune API
+    def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec) -> bool:
+        if mode not in (None, "min"):
+            raise ValueError(f"AALRScheduler minimises a loss: mode must be 'min', got {mode!r}")
+        return metric is None or metric == self._metric  # False: Tune names the conflict
+
+    def on_trial_add(self, tune_controller: "TuneController", trial: Trial):
+        # New trials, trials of a restored experiment, and retried trials
+        # (Tune calls on_trial_error, then on_trial_add) all come here.
+        state, records = self._load(trial)
+        self._trials[trial.trial_id] = state
+        self._write(None, trial, state, records, _KEEP)
+
+    def on_trial_result(self, tune_controller: "TuneController", trial: Trial, result: Dict) -> str:
+        state = self._trials.get(trial.trial_id)
+        if state is None:  # the scheduler lost its memory: rebuild from the config
+            state, _ = self._load(trial)
+            self._trials[trial.trial_id] = state
+        if self._metric not in result:
+            raise ValueError(f"AALRScheduler: trial {trial} reported no {self._metric!r}; "
+                             f"report the training loss with every result")
+        reported = result.get(_CHECKPOINT_DIR_NAME)
+        if not reported:
+            raise ValueError(f"AALRScheduler: trial {trial} reported no checkpoint; report one "
+                             f"with every result (tune.report(metrics, checkpoint=...))")
+        core = state.core
+        if core.finished:
+            # A result past the last epoch (a restored trial whose stop was
+            # lost): stop without registering this extra epoch's checkpoint.
+            tune_controller.stop_trial(trial)
+            return TrialScheduler.NOOP
+        if not core.started:
+            core.start(float(result.get(self._initial_loss_key, math.inf)))
+        before = state.record()
+        old_lr = core.lr
+        action = core.step(float(result[self._metric]))
+        state.action = action.value
+        updates_lr = core.lr != old_lr
+
+        if core.finished:
+            # The last epoch: its checkpoint is saved on STOP; a final
+            # RESTORE_BEST is applied in on_trial_complete, after that save.
+            state.ckpt = reported
+            if action is Action.SAVE_BEST:
+                state.best = reported
+            self._write(None, trial, state, [before, state.record()], _KEEP)
+            return TrialScheduler.STOP
+        if action is Action.RESTORE_BEST:
+            if state.best is None:
+                raise RuntimeError(f"AALRScheduler: trial {trial} must roll back but has no best checkpoint")
+            state.ckpt = state.best
+            state.restarts["restore_best"] += 1
+            self._write(tune_controller, trial, state, [before, state.record()], state.best)
+            return TrialScheduler.NOOP
+        if action is Action.RESTORE_INITIAL:
+            state.ckpt = None
+            state.restarts["restore_initial"] += 1
+            self._write(tune_controller, trial, state, [before, state.record()], None)
+            return TrialScheduler.NOOP
+        # CONTINUE or SAVE_BEST: the weights of this epoch go on. Its checkpoint
+        # is registered only after this call returns, so the best is kept by name.
+        state.ckpt = reported
+        if action is Action.SAVE_BEST:
+            state.best = reported
+        if updates_lr:
+            state.restarts["lr_change"] += 1
+        self._write(None, trial, state, [before, state.record()], _KEEP)
+        return TrialScheduler.PAUSE if updates_lr else TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller: "TuneController", trial: Trial, result: Dict):
+        state = self._trials.get(trial.trial_id)
+        if (state is not None and state.core.finished and state.action == Action.RESTORE_BEST.value
+                and state.best is not None and state.ckpt != state.best):
+            # The last epoch's weights were bad: hand back the best ones.
+            state.ckpt = state.best
+            self._write(None, trial, state, [state.record()], state.best)
+
+    def on_trial_error(self, tune_controller: "TuneController", trial: Trial):
+        # A retried trial restarts from its latest registered checkpoint,
+        # which may predate the last result: rebuild in on_trial_add.
+        self._trials.pop(trial.trial_id, None)
+
+    def on_trial_remove(self, tune_controller: "TuneController", trial: Trial):
+        self._trials.pop(trial.trial_id, None)
+
+    def choose_trial_to_run(self, tune_controller: "TuneController") -> Optional[Trial]:
+        # Resume paused (restarting) trials before starting new ones, so that
+        # started trials finish first.
+        trials = tune_controller.get_trials()
+        for status in (Trial.PAUSED, Trial.PENDING):
+            for trial in trials:
+                if trial.status == status:
+                    return trial
+        return None
+
+    def debug_string(self) -> str:
+        states = list(self._trials.values())
+        phase1 = sum(1 for s in states if not s.core.finished and s.core.phase == 1)
+        phase2 = sum(1 for s in states if not s.core.finished and s.core.phase == 2)
+        done = sum(1 for s in states if s.core.finished)
+        r = self.restart_counts()
+        return (f"AALRScheduler: {len(states)} trials (phase 1: {phase1}, phase 2: {phase2}, "
+                f"finished: {done}); restarts: {sum(r.values())} (LR changes {r['lr_change']}, "
+                f"to best {r['restore_best']}, to theta_0 {r['restore_initial']})")
+
+    # ------------------------------------------------------------- queries
+    def restart_counts(self) -> Dict[str, int]:
+        """Restarts so far over the trials this scheduler knows, by kind."""
+        return {k: sum(s.restarts[k] for s in self._trials.values()) for k in _RESTART_KINDS}
+
+    def trial_state(self, trial_id: str) -> Optional[dict]:
+        """The trial's current record (core state, best checkpoint name, counters), or None."""
+        state = self._trials.get(trial_id)
+        return None if state is None else state.record()
+
+    # ------------------------------------------------------------ internals
+    def _load(self, trial: Trial):
+        """The trial's state from its config (or a fresh one) and the records to keep."""
+        blob = trial.config.get(STATE_KEY)
+        if (isinstance(blob, dict) and blob.get("format") == _FORMAT
+                and blob.get("trial_id") == trial.trial_id and blob.get("records")):
+            records: List[dict] = blob["records"]
+            latest = _checkpoint_name(trial)
+            # Newest first: the record of the checkpoint the trial restarts from.
+            chosen = next((r for r in reversed(records) if r.get("ckpt") == latest), None)
+            if chosen is None:
+                chosen = records[-1]
+                logger.warning("AALRScheduler: trial %s restarts from checkpoint %s, which matches "
+                               "no saved AALR state; continuing from the newest one (%s)",
+                               trial, latest, chosen.get("ckpt"))
+            self._rebuilds += 1
+            return _TrialState.from_record(chosen), [chosen]
+        # A new trial (or one Tune reset to start over under a new id).
+        user_lr = trial.config.get(self._lr_key)
+        if user_lr is not None and user_lr != self._core_args["initial_lr"]:
+            logger.warning("AALRScheduler sets config[%r] (was %r) to initial_lr=%g for trial %s",
+                           self._lr_key, user_lr, self._core_args["initial_lr"], trial)
+        state = _TrialState(core=AALR(**self._core_args))
+        return state, [state.record()]
+
+    def _write(self, tune_controller, trial: Trial, state: _TrialState, records: List[dict],
+               restore_from) -> None:
+        """Persist ``records`` and the LR in the trial's config; apply the restart."""
+        blob = {"format": _FORMAT, "trial_id": trial.trial_id, "records": records}
+        updates = {self._lr_key: state.core.lr, EPOCHS_KEY: state.core.epoch, STATE_KEY: blob}
+        _restart_trial(tune_controller, trial, updates, restore_from)

@@ -1,0 +1,130 @@
+"""Ray Tune function trainable: one training run per trial, AALR decided in-process.
+
+AALR's decisions (double, halve, roll back) happen inside the trial, by the
+PyTorch controller, so a trial never restarts to change its LR: the only cost
+Ray adds is the per-epoch report and checkpoint.
+
+    tuner = tune.Tuner(
+        tune.with_resources(aalr_trainable, {"cpu": 1, "gpu": 0.25}),
+        param_space={"model": "mnist1d-cnn", "dataset": "mnist1d", "method": "aalr",
+                     "epochs": 60, "seed": tune.grid_search([0, 1, 2])},
+        run_config=tune.RunConfig(storage_path="./results", failure_config=tune.FailureConfig(max_failures=2)),
+    )
+
+The config holds :class:`aalr_ray.train.RunConfig`'s fields; other keys (grid
+labels) are ignored. Every epoch the trial reports the metrics row plus
+``epochs_done`` (its own epoch counter: Tune's ``training_iteration`` rewinds
+after a restore) and a checkpoint directory holding
+
+* ``run.pt``: model, method state (optimizer, schedule, AALR core + best
+  snapshot), epoch and J(theta_0), written atomically, read back with
+  ``torch.load(..., weights_only=True)``;
+* ``epochs.jsonl``: every row so far, so the full history travels with the
+  checkpoint into Ray storage (local disk or S3) and is exact after resumes.
+
+On start it resumes from ``tune.get_checkpoint()``: retries under
+``FailureConfig`` and ``Tuner.restore`` continue bit for bit on a CPU (data
+order, augmentation and dropout are functions of (seed, epoch)). It also
+appends each row to ``epochs.jsonl`` in the trial directory as it goes (for
+``tail -f``), dropping rows past the checkpoint it resumed from, because
+Tune's ``result.json`` loses rows across pauses and restores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from .controller import atomic_torch_save
+from .train import RunConfig, TrainingRun
+
+__all__ = ["aalr_trainable", "run_config_from", "load_checkpoint_dir", "read_rows", "CheckpointError",
+           "CHECKPOINT_FILE", "ROWS_FILE"]
+
+CHECKPOINT_FILE = "run.pt"
+ROWS_FILE = "epochs.jsonl"
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names the file."""
+
+
+def run_config_from(config: dict) -> RunConfig:
+    return RunConfig(**{k: v for k, v in config.items() if k in _RUN_FIELDS})
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file; a torn last line (a crash mid-write) is dropped."""
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def load_checkpoint_dir(directory: Path) -> tuple[dict, list[dict]]:
+    """(run state, rows so far) from a checkpoint directory, or a CheckpointError naming the file."""
+    path = Path(directory) / CHECKPOINT_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/corrupt files
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    return state, read_rows(Path(directory) / ROWS_FILE)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(tmp, path)
+
+
+class _LiveLog:
+    """The trial directory's epochs.jsonl: appended and flushed every epoch."""
+
+    def __init__(self, path: Path, rows: list[dict]):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_rows(path, rows)  # drops rows of epochs that will be trained again
+        self.file = open(path, "a")
+
+    def append(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+
+def aalr_trainable(config: dict) -> None:
+    """Run one :class:`TrainingRun` as a Tune trial; see the module docstring."""
+    run = TrainingRun(run_config_from(config))
+    rows: list[dict] = []
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state, rows = load_checkpoint_dir(Path(directory))
+        run.load_state_dict(state)
+        rows = [row for row in rows if row["epoch"] <= run.epoch]
+    live = _LiveLog(Path(tune.get_context().get_trial_dir()) / ROWS_FILE, rows)
+
+    while run.epoch < run.config.epochs:
+        row = run.train_one_epoch()
+        row["epochs_done"] = run.epoch
+        if run.epoch == run.config.epochs:
+            run.method.finish()  # aalr-robust: the best weights become the final ones
+            row.update(run.summary())
+        rows.append(row)
+        live.append(row)
+        with tempfile.TemporaryDirectory() as directory:
+            atomic_torch_save(run.state_dict(), Path(directory) / CHECKPOINT_FILE)
+            _write_rows(Path(directory) / ROWS_FILE, rows)
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -1,0 +1,169 @@
+"""The Ray Tune trainable on a real local Ray: exact resume, crashes, restores, bad checkpoints."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ray import tune
+
+import tune_helpers
+from aalr_ray.data import load_dataset
+from aalr_ray.train import RunConfig, TrainingRun
+from aalr_ray.trainable import CHECKPOINT_FILE, ROWS_FILE, aalr_trainable, load_checkpoint_dir, read_rows
+
+pytestmark = pytest.mark.ray
+TIMINGS = ("epoch_s", "eval_s", "final_test_loss", "final_test_acc", "epochs", "epochs_done")
+EPOCHS = 14  # ConvBase on MNIST-1D: phase 1 ends at 10, then doublings and a second try
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("data")
+    load_dataset("mnist1d", data_dir=directory)  # generate the cache once for every trial
+    return str(directory)
+
+
+def space(data_dir, **overrides):
+    return {"model": "mnist1d-cnn", "dataset": "mnist1d", "method": "aalr", "epochs": EPOCHS, "seed": 0,
+            "data_dir": data_dir, **overrides}
+
+
+def strip(rows):
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+
+
+def plain_run(config):
+    run = TrainingRun(RunConfig(**{k: v for k, v in config.items() if k in RunConfig.__dataclass_fields__}))
+    rows = list(run)
+    return run, rows
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir):
+    """The uninterrupted run, in this process, without Ray."""
+    return plain_run(space(data_dir))
+
+
+def checkpoint_contents(result):
+    with result.checkpoint.as_directory() as directory:
+        return load_checkpoint_dir(Path(directory))
+
+
+def assert_same_weights(state, model):
+    for key, value in model.state_dict().items():
+        assert torch.equal(state["model"][key], value), key
+
+
+def test_trial_equals_the_plain_run_bit_for_bit(local_ray, data_dir, reference, tmp_path):
+    run, expected = reference
+    results = tune_helpers.tuner(aalr_trainable, space(data_dir), tmp_path, "plain").fit()
+    result = results[0]
+    assert result.error is None
+    state, rows = checkpoint_contents(result)
+    assert strip(rows) == strip(expected)
+    assert [row["epochs_done"] for row in rows] == list(range(1, EPOCHS + 1))
+    assert result.metrics["epochs_done"] == EPOCHS and "final_test_acc" in result.metrics
+    assert_same_weights(state, run.model)
+    assert strip(read_rows(Path(result.path) / ROWS_FILE)) == strip(expected)  # the live log
+
+
+def test_killed_trial_is_retried_and_loses_nothing(local_ray, data_dir, reference, tmp_path):
+    run, expected = reference
+    config = space(data_dir, marker=str(tmp_path / "died"), die_at=6)
+    result = tune_helpers.tuner(tune_helpers.flaky_trainable, config, tmp_path, "flaky", max_failures=1).fit()[0]
+    assert (tmp_path / "died").exists()  # it really died once
+    assert result.error is None
+    state, rows = checkpoint_contents(result)
+    assert strip(rows) == strip(expected)
+    live = read_rows(Path(result.path) / ROWS_FILE)
+    assert [row["epoch"] for row in live] == list(range(1, EPOCHS + 1))  # every epoch exactly once
+    assert_same_weights(state, run.model)
+
+
+def test_nan_from_the_first_epoch_ends_at_t_with_a_flag(local_ray, data_dir, tmp_path):
+    config = space(data_dir, model="factories:nan_model", epochs=5)
+    result = tune_helpers.tuner(aalr_trainable, config, tmp_path, "nan").fit()[0]
+    assert result.error is None
+    _, rows = checkpoint_contents(result)
+    assert [row["epochs_done"] for row in rows] == [1, 2, 3, 4, 5]
+    assert all(row["bad_loss"] and row["action"] == "restore_initial" for row in rows)
+    assert [row["lr"] for row in rows] == [0.1, 0.05, 0.025, 0.0125, 0.00625]
+
+
+def _interrupt_driver(storage, name, config, wait_for, max_failures=0):
+    """Start a Tune driver in its own process; Ctrl-C it once ``wait_for()`` holds."""
+    cmd = [sys.executable, tune_helpers.__file__, str(storage), name, json.dumps(config), str(max_failures)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while not wait_for():
+            assert driver.poll() is None, "the driver ended before it could be interrupted"
+            assert time.time() < deadline, "the experiment made no progress"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return storage / name
+
+
+def _trial_dir(experiment, **params):
+    """The trial directory whose params.json matches ``params``, or None."""
+    for path in experiment.glob("*/params.json"):
+        found = json.loads(path.read_text())
+        if all(found.get(k) == v for k, v in params.items()):
+            return path.parent
+    return None
+
+
+def _checkpoints(experiment, **params):
+    """Checkpoint directories of a trial in storage (written synchronously by tune.report)."""
+    trial = _trial_dir(experiment, **params)
+    return sorted(trial.glob("checkpoint_*")) if trial else []
+
+
+def test_driver_stopped_then_restored_continues_exactly(local_ray, data_dir, reference, tmp_path):
+    _, expected = reference
+    config = space(data_dir, epochs={"grid_search": [3, EPOCHS]}, sleep_s=1.0)
+    experiment = tmp_path / "interrupted"
+    _interrupt_driver(tmp_path, "interrupted", config,
+                      lambda: len(_checkpoints(experiment, epochs=3)) == 3
+                      and len(_checkpoints(experiment, epochs=EPOCHS)) >= 4)
+    short_checkpoints = _checkpoints(experiment, epochs=3)
+    assert len(_checkpoints(experiment, epochs=EPOCHS)) < EPOCHS  # really stopped mid-run
+
+    results = tune.Tuner.restore(str(experiment), tune_helpers.slow_trainable, resume_unfinished=True).fit()
+    by_epochs = {r.config["epochs"]: r for r in results}
+    assert all(r.error is None for r in results)
+    _, long_rows = checkpoint_contents(by_epochs[EPOCHS])
+    assert strip(long_rows) == strip(expected)
+    live = read_rows(_trial_dir(experiment, epochs=EPOCHS) / ROWS_FILE)
+    assert [row["epoch"] for row in live] == list(range(1, EPOCHS + 1))
+    assert _checkpoints(experiment, epochs=3) == short_checkpoints  # the finished trial was not re-run
+
+
+def test_corrupt_checkpoint_fails_its_trial_only_and_names_the_file(local_ray, data_dir, tmp_path):
+    config = space(data_dir, seed={"grid_search": [0, 1]}, epochs=8, sleep_s=1.0)
+    experiment = tmp_path / "corrupt"
+    _interrupt_driver(tmp_path, "corrupt", config,
+                      lambda: all(len(_checkpoints(experiment, seed=s)) >= 2 for s in (0, 1)), max_failures=1)
+    # Truncate every checkpoint of one trial (as by a crash mid-copy); the one the
+    # restore picks is whichever the experiment state last registered.
+    for checkpoint in _checkpoints(experiment, seed=0):
+        broken = checkpoint / CHECKPOINT_FILE
+        broken.write_bytes(broken.read_bytes()[:100])
+
+    results = tune.Tuner.restore(str(experiment), tune_helpers.slow_trainable, resume_unfinished=True,
+                                 resume_errored=True).fit()
+    errored = [r for r in results if r.error is not None]
+    finished = [r for r in results if r.error is None]
+    assert len(errored) == 1 and len(finished) == 1
+    message = str(errored[0].error)
+    assert "cannot load checkpoint" in message and f"/{CHECKPOINT_FILE}" in message and "checkpoint_0" in message
+    assert finished[0].metrics["epochs_done"] == 8
