@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'torchattacks>=3.5'
 	touch $(STAMP)
 
+# The main job on the embedded local Ray: every method on MNIST-1D, 3 seeds.
 demo: $(STAMP)
-	$(BIN)/aalr-ray train --model mnist1d-cnn --dataset mnist1d --method aalr --epochs 60
+	$(BIN)/aalr-ray grid jobs/quickstart.yaml
+
+# Every benchmark; rewrites BENCHMARKS.md (about 30 minutes on 2 cores).
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -174,6 +174,7 @@ def _run_grid(args) -> int:
     from .grid import GridError
     from .report import print_summary, write_report
     from .runner import GridRunError, run_grid
+    from .storage import StorageError
 
     try:
         experiment, collected = run_grid(args.job, storage=args.storage, address=args.address,
@@ -182,7 +183,7 @@ def _run_grid(args) -> int:
         for problem in exc.problems:
             print(f"aalr-ray: error: {problem}", file=sys.stderr)
         return 2
-    except GridRunError as exc:
+    except (GridRunError, StorageError) as exc:
         raise UsageError(str(exc)) from None
     if collected is not None:
         write_report(experiment)

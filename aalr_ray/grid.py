@@ -47,7 +47,7 @@ TRIAL_KEYS = ("trial_name",)
 MATCH_KEYS = ("dataset", "model", "method", "seed", "batch_size", "augmentation", "weight_decay", "training")
 OVERRIDE_KEYS = ("epochs", "batch_size", "weight_decay", "method_options", "augmentation")
 # --smoke: the grid, shrunk to a covering set on tiny data (see smoke_configs).
-SMOKE = {"epochs": 2, "batch_size": 8, "train_limit": 16, "test_limit": 16, "robust_subset": 8}
+SMOKE = {"epochs": 2, "batch_size": 8, "train_limit": 16, "test_limit": 16, "robust_subset": 8, "attack_steps": 2}
 
 
 class GridError(ValueError):
@@ -76,6 +76,7 @@ class Grid:
     device: str = "auto"
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     max_concurrent: int | None = None
+    workers_per_trial: int = 1
     include: list[dict] = field(default_factory=list)
     exclude: list[dict] = field(default_factory=list)
     overrides: list[dict] = field(default_factory=list)
@@ -160,6 +161,7 @@ _FIELDS = {
     "device": "auto | cpu | cuda | cuda:N",
     "resources": "mapping cpu, gpu per trial",
     "max_concurrent": "trials running at once",
+    "workers_per_trial": "data-parallel workers per trial (Ray Train, DDP); default 1",
     "include": "list of mappings; keep only trials matching one",
     "exclude": "list of mappings; drop trials matching one",
     "overrides": "list of {match: mapping, set: mapping}",
@@ -320,6 +322,9 @@ def parse_grid(raw: Any, source: str = "<grid>") -> Grid:
     max_concurrent = raw.get("max_concurrent")
     if max_concurrent is not None:
         check.positive_int("max_concurrent", max_concurrent)
+    workers_per_trial = raw.get("workers_per_trial", 1)
+    if not check.positive_int("workers_per_trial", workers_per_trial):
+        workers_per_trial = 1
 
     include = _match_list(check, "include", raw.get("include", []))
     exclude = _match_list(check, "exclude", raw.get("exclude", []))
@@ -345,6 +350,7 @@ def parse_grid(raw: Any, source: str = "<grid>") -> Grid:
                 batch_sizes=batch_sizes, augmentations=augmentations, weight_decays=weight_decays,
                 training=training, robust_eval=robust_eval, method_options=method_options,
                 epoch_loss=epoch_loss, device=device, resources=resources, max_concurrent=max_concurrent,
+                workers_per_trial=workers_per_trial,
                 include=include, exclude=exclude, overrides=overrides, source=source)
     # Impossible pairs among the names that are valid, reported with the rest.
     if grid.datasets and grid.models and grid.methods and grid.augmentations:
@@ -450,8 +456,8 @@ def smoke_configs(configs: list[dict]) -> list[dict]:
     Every model x dataset pair, method, augmentation, batch size and training
     mode of the grid still runs at least once (greedily, first seed only), for
     ``SMOKE["epochs"]`` epochs on a few dozen examples (torchvision sets are
-    replaced by synthetic data of the same shape), with the robust evaluation
-    cut to a handful of examples.
+    replaced by synthetic data of the same shape), with PGD cut to two steps
+    and the robust evaluation cut to a handful of examples.
     """
     first_seed = min(c["seed"] for c in configs)
     pool = [c for c in configs if c["seed"] == first_seed]
@@ -472,9 +478,12 @@ def smoke_configs(configs: list[dict]) -> list[dict]:
         config = dict(config, epochs=min(config["epochs"], SMOKE["epochs"]), smoke=True,
                       batch_size=min(config["batch_size"], SMOKE["batch_size"]),
                       train_limit=SMOKE["train_limit"], test_limit=SMOKE["test_limit"])
-        if config["robust_eval"] is not None or AttackConfig.parse(config["training"]).mode != "natural":
+        attack = AttackConfig.parse(config["training"])
+        if attack.mode == "pgd" and attack.steps > SMOKE["attack_steps"]:
+            config["training"] = {**dataclasses.asdict(attack), "steps": SMOKE["attack_steps"]}
+        if config["robust_eval"] is not None or attack.mode != "natural":
             config["robust_eval"] = {**(config["robust_eval"] or {}), "subset": SMOKE["robust_subset"],
-                                     "pgd_steps": 2}
+                                     "pgd_steps": SMOKE["attack_steps"]}
         smoke.append(config)
     return smoke
 

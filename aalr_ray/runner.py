@@ -32,6 +32,7 @@ EPOCHS_FILE = "epochs.parquet"
 TRIALS_FILE = "trials.parquet"
 GRID_FILE = "grid.json"
 MAX_FAILURES = 2  # a trial whose worker dies is retried from its last checkpoint
+KEEP_CHECKPOINTS = 3
 # Config fields that are dicts or mixed types go into Parquet as JSON text.
 JSON_FIELDS = ("method_options", "robust_eval", "training")
 
@@ -158,16 +159,27 @@ def _param_space(configs: list[dict]) -> dict:
     return space
 
 
+def trainable_for(grid: Grid):
+    """The Tune trainable with its resources: one process per trial, or a
+    data-parallel Ray Train run per trial (``workers_per_trial`` > 1)."""
+    from ray import tune
+
+    if grid.workers_per_trial > 1:
+        from .distributed import ddp_trainable_for
+
+        return ddp_trainable_for(grid.workers_per_trial, grid.resources)
+    return tune.with_resources(aalr_trainable, {"cpu": grid.resources["cpu"], "gpu": grid.resources["gpu"]})
+
+
 def _tuner(grid: Grid, configs: list[dict], storage: str, name: str):
     from ray import tune
 
-    resources = {"cpu": grid.resources["cpu"], "gpu": grid.resources["gpu"]}
     reporter = tune.CLIReporter(
         parameter_columns={"method": "method", "model": "model", "dataset": "dataset", "seed": "seed"},
         metric_columns={"epochs_done": "epoch", "lr": "lr", "train_loss": "train_loss", "test_acc": "test_acc"},
         max_report_frequency=10, max_progress_rows=40, print_intermediate_tables=True)
     return tune.Tuner(
-        tune.with_resources(aalr_trainable, resources),
+        trainable_for(grid),
         param_space=_param_space(configs),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=grid.max_concurrent,
@@ -177,8 +189,12 @@ def _tuner(grid: Grid, configs: list[dict], storage: str, name: str):
         run_config=tune.RunConfig(
             name=name, storage_path=storage, progress_reporter=reporter, verbose=1,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            # The trainable never restores an older checkpoint; two bound the disk.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # The trainable only ever restores the latest checkpoint; a few
+            # bound the disk (a ResNet-18 checkpoint is 45 MB, one per epoch).
+            # Tune snapshots the experiment state whenever a trial has
+            # checkpointed num_to_keep times since the last snapshot, so the
+            # value is also how often that happens.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
         ),
     )
 
@@ -232,10 +248,14 @@ def run_grid(grid_path: str, *, storage: str = "./results", address: str | None 
     elif resume:
         raise GridRunError(f"nothing to resume at {experiment}; run without --resume to start it")
 
+    store.check_reachable(storage)  # a wrong endpoint fails here, before any trial starts
     _init_ray(address)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table with our columns, not the new output
+    # Per-epoch checkpoints of fast CPU epochs trigger one warning per
+    # snapshot (hundreds per grid); the snapshots themselves are intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     print(f"{name}: {len(configs)} trials -> {experiment}", file=out, flush=True)
-    trainable = tune.with_resources(aalr_trainable, grid.resources)
+    trainable = trainable_for(grid)
     if started_before and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
     else:

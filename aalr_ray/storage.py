@@ -9,8 +9,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = ["experiment_uri", "filesystem", "exists", "read_json", "write_bytes", "read_table", "write_table",
+__all__ = ["StorageError", "check_reachable", "experiment_uri", "filesystem", "exists", "read_json", "write_bytes", "read_table", "write_table",
            "upload_dir"]
+
+
+class StorageError(RuntimeError):
+    """Storage that cannot be reached or written; the message is one line."""
 
 
 def experiment_uri(storage: str, name: str) -> str:
@@ -23,6 +27,20 @@ def experiment_uri(storage: str, name: str) -> str:
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path on it) for a URI or a local path."""
     return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(uri))
+
+
+def check_reachable(storage: str) -> None:
+    """Raise StorageError (one line) if ``storage`` cannot be listed or created.
+
+    Local paths are created. For object storage this is the place to fail
+    fast and clearly, before Ray starts any trial.
+    """
+    fs, path = filesystem(storage)
+    try:
+        fs.create_dir(path, recursive=True)
+        fs.get_file_info(path)
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"storage {storage!r} is not usable: {str(exc).splitlines()[0]}") from None
 
 
 def exists(uri: str) -> bool:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aalr_ray.attacks import AttackConfig
 from aalr_ray.grid import GridError, expand, load_grid, parse_grid, smoke_configs
 from aalr_ray.methods import method_names
 
@@ -128,8 +129,15 @@ def test_load_grid_uses_safe_yaml_and_reports_the_file(tmp_path):
 def test_every_job_file_validates_and_smoke_covers_it(job):
     configs = expand(load_grid(job))
     smoke = smoke_configs(configs)
-    for facet in ("method", "augmentation", "training"):
+    for facet in ("method", "augmentation"):
         assert {str(c[facet]) for c in smoke} == {str(c[facet]) for c in configs}, facet
+
+    def attacks(cs):
+        return {(AttackConfig.parse(c["training"]).mode, AttackConfig.parse(c["training"]).eps) for c in cs}
+
+    assert attacks(smoke) == attacks(configs)
+    assert all(AttackConfig.parse(c["training"]).steps <= 2 for c in smoke
+               if AttackConfig.parse(c["training"]).mode == "pgd")
     assert len(smoke) >= len({c["batch_size"] for c in configs})  # each batch size ran once (capped)
     assert {(c["model"], c["dataset"]) for c in smoke} == {(c["model"], c["dataset"]) for c in configs}
     assert all(c["smoke"] and c["epochs"] <= 2 and c["train_limit"] <= 16 and c["batch_size"] <= 8 for c in smoke)
