@@ -93,8 +93,15 @@ def collect(result_grid, configs: list[dict]) -> Collected:
     for result in result_grid:
         config = by_name.get(result.config.get("trial_name"), result.config)
         rows: list[dict] = []
-        if result.checkpoint is not None:
-            with result.checkpoint.as_directory() as directory:
+        checkpoint = result.checkpoint
+        if checkpoint is None and result.metrics.get("checkpoint_path"):
+            # A data-parallel trial (aalr_ray.distributed): Ray Train holds the checkpoint,
+            # on the trial's storage; its path arrives as a metric.
+            from ray import tune
+
+            checkpoint = tune.Checkpoint(result.metrics["checkpoint_path"], filesystem=result.filesystem)
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
                 _, rows = load_checkpoint_dir(Path(directory))
         if result.error is not None:
             status, error = "ERROR", str(result.error).strip().splitlines()[-1][:500]
@@ -139,7 +146,9 @@ def _init_ray(address: str | None) -> None:
     if address:  # a cluster: `ray job submit` sets RAY_ADDRESS for the driver
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:  # embedded: always a new local Ray, never another one on this machine
-        ray.init(address="local", logging_level=logging.WARNING, log_to_driver=False)
+        context = ray.init(address="local", logging_level=logging.WARNING, log_to_driver=False)
+        if context.dashboard_url:  # bound to 127.0.0.1 by default
+            print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
 
 def _param_space(configs: list[dict]) -> dict:
@@ -232,6 +241,9 @@ def run_grid(grid_path: str, *, storage: str = "./results", address: str | None 
     experiment = store.experiment_uri(storage, name)
     fingerprint = [{k: v for k, v in c.items() if k not in ("data_dir", "threads")} for c in configs]
 
+    # First, so that a wrong endpoint fails here in seconds, before any other
+    # storage call (each would retry for long) and before any trial starts.
+    store.check_reachable(storage)
     started_before = store.exists(f"{experiment}/{GRID_FILE}")
     if started_before:
         if store.read_json(f"{experiment}/{GRID_FILE}") != json.loads(json.dumps(fingerprint)):
@@ -248,7 +260,6 @@ def run_grid(grid_path: str, *, storage: str = "./results", address: str | None 
     elif resume:
         raise GridRunError(f"nothing to resume at {experiment}; run without --resume to start it")
 
-    store.check_reachable(storage)  # a wrong endpoint fails here, before any trial starts
     _init_ray(address)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table with our columns, not the new output
     # Per-epoch checkpoints of fast CPU epochs trigger one warning per

@@ -1,4 +1,12 @@
-"""Experiment files on a local disk or in object storage (any URI pyarrow's filesystems take)."""
+"""Experiment files on a local disk or in object storage (any URI pyarrow's filesystems take).
+
+S3: ``s3://bucket/prefix``, credentials and endpoint from the standard AWS
+sources, which pyarrow, Ray's storage, boto3 and the aws CLI all read: an
+instance profile (IAM role) or ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+and for an S3-compatible server (MinIO, moto, ...) ``AWS_ENDPOINT_URL_S3``
+(or ``AWS_ENDPOINT_URL``), e.g. ``http://127.0.0.1:9000``. No query string in
+the URI: experiment paths are built by appending to it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = ["StorageError", "check_reachable", "experiment_uri", "filesystem", "exists", "read_json", "write_bytes", "read_table", "write_table",
-           "upload_dir"]
+__all__ = ["StorageError", "check_reachable", "experiment_uri", "filesystem", "exists", "read_json", "write_bytes",
+           "read_table", "write_table", "upload_dir"]
 
 
 class StorageError(RuntimeError):
@@ -29,18 +37,82 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(uri))
 
 
-def check_reachable(storage: str) -> None:
-    """Raise StorageError (one line) if ``storage`` cannot be listed or created.
+# S3 settings for check_reachable only. pyarrow's defaults (the AWS SDK's: 3
+# attempts with back-off, no connect timeout of its own) make a wrong endpoint
+# cost 6 s per call when the port is closed and much longer when packets are
+# dropped; the check must answer within seconds, before Ray starts.
+S3_CHECK_CONNECT_TIMEOUT_S = 3.0
+S3_CHECK_REQUEST_TIMEOUT_S = 5.0
+S3_CHECK_ATTEMPTS = 2
+WRITE_CHECK_FILE = ".aalr-ray-write-check"
 
-    Local paths are created. For object storage this is the place to fail
-    fast and clearly, before Ray starts any trial.
-    """
-    fs, path = filesystem(storage)
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400] or type(exc).__name__
+
+
+def _s3_endpoint(fs: pafs.FileSystem, options: dict) -> str:
+    """Where an S3 filesystem sends its requests, for error messages."""
+    endpoint = options.get("endpoint_override") or ""
+    if endpoint and "://" not in endpoint:  # given as host:port, with the scheme apart
+        endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
+    # pyarrow copies AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL into endpoint_override.
+    return endpoint or f"AWS S3, region {getattr(fs, 'region', '?')}"
+
+
+def _s3_options(fs: pafs.FileSystem) -> dict | None:
+    """The keyword arguments that rebuild ``fs`` (its pickle state), or None if not S3."""
+    s3 = getattr(pafs, "S3FileSystem", None)
+    if s3 is None or not isinstance(fs, s3):
+        return None
     try:
-        fs.create_dir(path, recursive=True)
-        fs.get_file_info(path)
+        return dict(fs.__reduce__()[1][0])
+    except (TypeError, IndexError, KeyError):
+        return {}
+
+
+def check_reachable(storage: str) -> None:
+    """Raise StorageError (one line) unless ``storage`` exists or can be made, and takes a write.
+
+    Called before Ray starts, so that a wrong S3 endpoint, a missing bucket,
+    missing credentials or a read-only location fail here in seconds with one
+    line, not as a hang or as every trial failing. Local paths are created.
+    The S3 endpoint comes from the environment, the same for pyarrow, Ray's
+    storage, boto3 and the aws CLI: ``AWS_ENDPOINT_URL_S3`` (or
+    ``AWS_ENDPOINT_URL``); on AWS itself none is needed.
+    """
+    if "://" in storage and "?" in storage:
+        # Experiment paths are built by appending "/<name>/<file>" to the URI,
+        # which a query string would swallow.
+        raise StorageError(f"storage {storage!r}: no query string in the URI, please; give an S3 endpoint "
+                           "with the AWS_ENDPOINT_URL_S3 environment variable (e.g. http://127.0.0.1:9000) "
+                           "and the region with AWS_REGION")
+    try:
+        fs, path = filesystem(storage)  # on AWS this may look up the bucket's region
     except (OSError, ValueError) as exc:
-        raise StorageError(f"storage {storage!r} is not usable: {str(exc).splitlines()[0]}") from None
+        raise StorageError(f"storage {storage!r} is not usable: {_one_line(exc)}") from None
+    options = _s3_options(fs)
+    where = ""
+    if options is not None:
+        where = f" (endpoint {_s3_endpoint(fs, options)})"
+        if options:  # the same filesystem, with short timeouts and one retry
+            fs = pafs.S3FileSystem(**{**options, "connect_timeout": S3_CHECK_CONNECT_TIMEOUT_S,
+                                      "request_timeout": S3_CHECK_REQUEST_TIMEOUT_S},
+                                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_CHECK_ATTEMPTS))
+    try:
+        if options is not None:
+            bucket = path.split("/", 1)[0]
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise StorageError(f"storage {storage!r} is not usable{where}: bucket {bucket!r} not found "
+                                   "(a wrong endpoint, or a bucket not created yet)")
+        else:
+            fs.create_dir(path, recursive=True)
+        probe = f"{path.rstrip('/')}/{WRITE_CHECK_FILE}"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok\n")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"storage {storage!r} is not usable{where}: {_one_line(exc)}") from None
 
 
 def exists(uri: str) -> bool:

@@ -18,6 +18,7 @@ bit, and a checkpoint needs no RNG state of its own.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -173,11 +174,25 @@ class TrainingRun:
         self.robust_eval = config.robust_eval_settings
         self.epoch = 0
         self.initial_loss: float | None = None
+        # Data-parallel hooks, set by aalr_ray.distributed; a single process leaves them alone.
+        # shard=(rank, world_size): train on examples rank::world_size of every global batch.
+        self.shard: tuple[int, int] | None = None
+        # reduce_loss(this shard's mean loss) -> the mean over every rank's examples.
+        self.reduce_loss: Callable[[float], float] | None = None
+        # The module the training steps run through (DistributedDataParallel around self.model).
+        self.train_model: torch.nn.Module = self.model
 
     # ---------------------------------------------------------------- data
     def train_batches(self, epoch: int):
-        return self.data.batches("train", self.config.batch_size, seed=self.config.seed,
-                                 epoch=epoch, device=self.device)
+        batches = self.data.batches("train", self.config.batch_size, seed=self.config.seed,
+                                    epoch=epoch, device=self.device)
+        if self.shard is None:
+            return batches
+        rank, world_size = self.shard
+        return ((x[rank::world_size], y[rank::world_size]) for x, y in batches)
+
+    def _reduced(self, loss: float) -> float:
+        return loss if self.reduce_loss is None else self.reduce_loss(loss)
 
     def test_batches(self):
         return self.data.batches("test", self.config.batch_size, seed=self.config.seed,
@@ -186,16 +201,16 @@ class TrainingRun:
     def _aalr_loss(self, train_loss: float, epoch: int) -> float:
         if self.config.epoch_loss == "train-mean" or is_bad(train_loss):
             return train_loss
-        return measure_loss(self.model, self.train_batches(epoch), self.loss_fn, train_mode=False,
-                            make_inputs=self.make_inputs)
+        return self._reduced(measure_loss(self.model, self.train_batches(epoch), self.loss_fn,
+                                          train_mode=False, make_inputs=self.make_inputs))
 
     # ---------------------------------------------------------------- loop
     def start(self) -> None:
         """Measure J(theta_0) and hand it to the method (AALR's first L*)."""
         torch.manual_seed(epoch_seed(self.config.seed, 0))
-        self.initial_loss = measure_loss(self.model, self.train_batches(0), self.loss_fn,
-                                         train_mode=self.config.epoch_loss == "train-mean",
-                                         make_inputs=self.make_inputs)
+        self.initial_loss = self._reduced(measure_loss(self.model, self.train_batches(0), self.loss_fn,
+                                                       train_mode=self.config.epoch_loss == "train-mean",
+                                                       make_inputs=self.make_inputs))
         self.method.start(self.initial_loss)
 
     def train_one_epoch(self) -> dict:
@@ -209,9 +224,13 @@ class TrainingRun:
         lrs = [method.current_lr()]  # the LR of each batch, for per-batch schedules
 
         started = time.perf_counter()
-        train_loss = train_epoch(self.model, method.optimizer, self.train_batches(epoch), self.loss_fn,
-                                 make_inputs=self.make_inputs,
-                                 after_batch=lambda: (method.after_batch(), lrs.append(method.current_lr())))
+        # A sharded epoch never stops early at a bad loss: every rank must take the same
+        # number of DDP steps; the reduced loss is NaN if any rank's was.
+        train_loss = self._reduced(train_epoch(
+            self.train_model, method.optimizer, self.train_batches(epoch), self.loss_fn,
+            make_inputs=self.make_inputs,
+            after_batch=lambda: (method.after_batch(), lrs.append(method.current_lr())),
+            check_every=sys.maxsize if self.shard is not None else None))
         decision = method.after_epoch(self._aalr_loss(train_loss, epoch))
         epoch_s = time.perf_counter() - started
 

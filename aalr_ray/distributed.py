@@ -1,0 +1,225 @@
+"""Data-parallel trials: each Tune trial drives a Ray Train ``TorchTrainer`` (DDP).
+
+A grid with ``workers_per_trial: N`` (N > 1) runs every trial this way; the
+runner gets the trainable from :func:`ddp_trainable_for`. Ray 2.60 (Train V2)
+no longer takes a Trainer as a Tune trainable: the Tune trial is a small driver
+function that builds the TorchTrainer, calls ``fit()``, and forwards rank 0's
+reports to Tune with ``TuneReportCallback``.
+
+Resources. The driver trains nothing, so it reserves no CPU or GPU, only
+``DRIVER_MEMORY`` (Tune needs a non-empty reservation; a CPU share, however
+small, would leave N workers of one CPU unable to start on an N-CPU machine).
+Ray Train reserves its own placement group of N workers with ``resources``
+(cpu, gpu) each; its controller actor takes 0 CPU. Limit ``max_concurrent``
+in the grid so that waiting drivers do not pile up.
+
+Each worker runs the single-process :class:`aalr_ray.train.TrainingRun` with
+its data-parallel hooks set:
+
+* sharding: rank r trains examples r::N of every global batch of the
+  (seed, epoch)-determined order, so the ranks together see exactly the
+  1-worker batch. DDP averages the ranks' mean gradients, which is the
+  global-batch mean when the shares are equal (batch size and the last batch
+  divisible by N; otherwise examples of the smaller shares weigh slightly more,
+  as in any DDP run). Every rank loads (and augments) the whole global batch
+  and keeps its share: deterministic, but augmentation work is not divided.
+* losses: the epoch loss and J(theta_0) are all-reduced means over all
+  examples, so every rank feeds AALR the same number and takes the same
+  decision; a sharded epoch does not stop early at NaN (all ranks must take
+  the same number of DDP steps), so a diverged epoch costs a full epoch; AALR
+  rolls it back all the same.
+* snapshots: DDP keeps weights and optimizer state identical on every rank,
+  so each rank's AALR controller holds the same in-memory snapshot and a
+  rollback restores the same weights everywhere. This is checked after every
+  epoch (a fingerprint of the weights and the whole method state, AALR
+  snapshots included, must agree on all ranks) rather than assumed.
+* evaluation: every rank evaluates the full test set with its (identical)
+  weights; only rank 0's row is reported. It costs no wall time (the other
+  ranks would wait for rank 0 anyway) and needs no hook in the evaluation.
+* checkpoints: rank 0 writes ``run.pt`` + ``epochs.jsonl`` (the same files as
+  :mod:`aalr_ray.trainable`) and reports them to Ray Train; the others report
+  metrics only. Ray Train stores them under ``<trial dir>/ddp/`` in the Tune
+  experiment's storage (local or S3); Tune gets their path as the
+  ``checkpoint_path`` metric, which :func:`aalr_ray.runner.collect` reads.
+* resume: the Train run's storage path and name are fixed per Tune trial, so
+  when Tune restarts a trial (``FailureConfig``, ``Tuner.restore``) Ray Train
+  resumes from its latest registered checkpoint and every rank loads it. After
+  a crash that can be one epoch older than the last one written (a report the
+  Train controller had not processed yet is dropped); the epoch is retrained,
+  and on CPU the rerun is identical. Worker failures are not retried by Ray
+  Train itself (``max_failures=0``): Tune's retry is the one policy.
+* no live ``epochs.jsonl`` in the Tune trial directory (the single-process
+  trainable's ``tail -f`` log): the rows travel in the checkpoints.
+
+Models with BatchNorm use per-rank batch statistics (plain DDP), so they do
+not follow the 1-worker trajectory exactly; ConvBase and MLPs do (up to float
+summation order).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from .controller import atomic_torch_save
+from .data import Data
+from .train import RunConfig, TrainingRun
+
+__all__ = ["ddp_trainable_for", "train_worker", "data_parallel_run", "check_ranks_agree", "shard_size",
+           "DRIVER_MEMORY", "TRAIN_RUN_NAME"]
+
+DRIVER_MEMORY = 256 * 2**20  # bytes reserved for a trial's driver process
+TRAIN_RUN_NAME = "ddp"  # Ray Train's run directory inside the Tune trial directory
+
+
+# --------------------------------------------------------------- the worker
+def shard_size(num_examples: int, batch_size: int, rank: int, world_size: int) -> int:
+    """Examples rank ``rank`` trains per epoch (its share of every global batch)."""
+    sizes = [batch_size] * (num_examples // batch_size)
+    if num_examples % batch_size:
+        sizes.append(num_examples % batch_size)  # the last, smaller batch
+    if min(sizes) < world_size:
+        raise ValueError(f"a global batch of {min(sizes)} examples cannot be split over {world_size} "
+                         f"workers (every rank needs at least one); change batch_size or workers_per_trial")
+    return sum(len(range(rank, size, world_size)) for size in sizes)
+
+
+def _global_mean(mean: float, count: int, device: torch.device) -> float:
+    # Sum and count in float64, so the mean is over examples, not over ranks.
+    totals = torch.tensor([mean * count, count], dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return float(totals[0] / totals[1])
+
+
+def _fingerprint(run: TrainingRun) -> torch.Tensor:
+    """A checksum: the float64 sum of every tensor and number in the model and method state."""
+    total = torch.zeros((), dtype=torch.float64)
+    stack = [run.model.state_dict(), run.method.state_dict()]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.detach().double().sum().cpu()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, (int, float)):  # bool included
+            total += float(item)
+    return total
+
+
+def check_ranks_agree(run: TrainingRun, world_size: int) -> None:
+    """Raise unless every rank holds the same weights, method state (AALR snapshots included) and LR."""
+    mine = torch.stack([_fingerprint(run), torch.tensor(run.method.current_lr(), dtype=torch.float64)])
+    mine = mine.to(run.device)  # nccl gathers CUDA tensors only
+    everyone = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(everyone, mine)
+    everyone = [f.cpu() for f in everyone]
+    if not all(torch.isclose(f, everyone[0], rtol=0, atol=0, equal_nan=True).all() for f in everyone):
+        raise RuntimeError(f"data-parallel ranks diverged after epoch {run.epoch} "
+                           f"(weights/method-state fingerprint and LR per rank: {[f.tolist() for f in everyone]})")
+
+
+def data_parallel_run(run_config: RunConfig, rank: int, world_size: int, data: Data | None = None) -> TrainingRun:
+    """This rank's TrainingRun, its data-parallel hooks set; needs an initialised process group."""
+    run = TrainingRun(run_config, data)
+    examples, batch_size = run.data.num_examples("train"), run_config.batch_size
+    count = shard_size(examples, batch_size, rank, world_size)
+    if rank == 0 and (batch_size % world_size or examples % batch_size % world_size):
+        warnings.warn(f"global batches do not split evenly over {world_size} workers: DDP's gradient "
+                      "average then weighs the smaller shares' examples slightly more", stacklevel=1)
+    run.shard = (rank, world_size)
+    run.reduce_loss = lambda mean: _global_mean(mean, count, run.device)
+    run.train_model = torch.nn.parallel.DistributedDataParallel(
+        run.model, device_ids=[run.device] if run.device.type == "cuda" else None)
+    if run.make_inputs is not None:  # attacks run through the bare module: DDP expects one backward per forward
+        attack = run.make_inputs
+        run.make_inputs = lambda _model, x, y: attack(run.model, x, y)
+    return run
+
+
+def train_worker(config: dict) -> None:
+    """One rank of a data-parallel trial (the TorchTrainer's ``train_loop_per_worker``)."""
+    import ray.train
+    import ray.train.torch
+
+    # The single-process trainable's checkpoint format (imported here: it imports Ray Tune).
+    from .trainable import CHECKPOINT_FILE, ROWS_FILE, _write_rows, load_checkpoint_dir, run_config_from
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    run_config = run_config_from(config)
+    if run_config.device == "auto":
+        run_config.device = str(ray.train.torch.get_device())  # this rank's GPU, or cpu
+    run = data_parallel_run(run_config, rank, world_size)
+
+    rows: list[dict] = []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restarted trial: every rank loads the same latest checkpoint
+        with checkpoint.as_directory() as directory:
+            state, rows = load_checkpoint_dir(Path(directory))
+        run.load_state_dict(state)
+        rows = [row for row in rows if row["epoch"] <= run.epoch]
+
+    while run.epoch < run.config.epochs:
+        row = run.train_one_epoch()
+        row["epochs_done"] = run.epoch
+        if run.epoch == run.config.epochs:
+            run.method.finish()  # aalr-robust: the best weights become the final ones
+            row.update(run.summary())
+        check_ranks_agree(run, world_size)
+        rows.append(row)
+        # report() is a barrier: every rank calls it each epoch, rank 0 alone with a checkpoint.
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                atomic_torch_save(run.state_dict(), Path(directory) / CHECKPOINT_FILE)
+                _write_rows(Path(directory) / ROWS_FILE, rows)
+                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(row)
+
+
+# ---------------------------------------------------------------- the trial
+def ddp_trainable_for(workers: int, resources: dict, *, worker_fn: Callable[[dict], None] | None = None):
+    """The Tune trainable for data-parallel trials of ``workers`` ranks with ``resources`` each.
+
+    ``worker_fn`` is what every rank runs (default :func:`train_worker`; tests wrap it).
+    """
+    from ray import tune
+
+    worker_fn = worker_fn or train_worker
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+
+    def aalr_ddp_trainable(config: dict) -> None:
+        import ray.train
+        from ray.train._internal.session import get_session
+        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        # The Tune trial's own storage (private API; its public twin get_trial_dir() is a local
+        # staging path on S3 storage). A fixed name inside it makes a restarted trial resume.
+        storage = get_session().storage
+        trainer = TorchTrainer(
+            worker_fn,
+            train_loop_config=config,
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=workers, use_gpu=bool(gpu),
+                resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
+            run_config=ray.train.RunConfig(
+                name=TRAIN_RUN_NAME, storage_path=storage.trial_fs_path,
+                storage_filesystem=storage.storage_filesystem,
+                # The worker only ever restores the latest checkpoint; two bound the disk.
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                # Worker failures fail the trial and Tune's FailureConfig retries it: one retry policy.
+                failure_config=ray.train.FailureConfig(max_failures=0),
+                callbacks=[TuneReportCallback()]),
+        )
+        trainer.fit()
+
+    return tune.with_resources(aalr_ddp_trainable, {"cpu": 0, "gpu": 0, "memory": DRIVER_MEMORY})
