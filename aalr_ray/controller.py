@@ -154,11 +154,14 @@ class AALRController:
         self.last_action = action
         return action
 
-    def finish(self) -> None:
-        """With ``final="best"``, reload the best checkpoint (if phase 2 was reached)."""
+    def finish(self) -> bool:
+        """With ``final="best"``, reload the best checkpoint (if phase 2 was
+        reached); return whether the weights changed."""
         if self.final == "best" and self.has_best:
             self._load(self._load_best())
             self._apply_lr()
+            return True
+        return False
 
     # ------------------------------------------------------------------ views
     def get_last_lr(self) -> list[float]:

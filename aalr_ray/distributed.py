@@ -170,7 +170,7 @@ def train_worker(config: dict) -> None:
         row = run.train_one_epoch()
         row["epochs_done"] = run.epoch
         if run.epoch == run.config.epochs:
-            run.method.finish()  # aalr-robust: the best weights become the final ones
+            run.finish()  # aalr-robust: the best weights become the final ones
             row.update(run.summary())
         check_ranks_agree(run, world_size)
         rows.append(row)

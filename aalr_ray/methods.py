@@ -105,8 +105,9 @@ class Method:
     def train_mode(self) -> None:
         """Back to training after an evaluation."""
 
-    def finish(self) -> None:
-        """After the last epoch."""
+    def finish(self) -> bool:
+        """After the last epoch; True if it changed the model's weights."""
+        return False
 
     # ---------------------------------------------------------- persistence
     def state_dict(self) -> dict:
@@ -148,8 +149,8 @@ class AALRMethod(Method):
         return {"phase": self.controller.phase, "patience": self.controller.patience,
                 "best_loss": float(self.controller.best_loss), "action": action.value}
 
-    def finish(self) -> None:
-        self.controller.finish()  # final="best" reloads the best checkpoint
+    def finish(self) -> bool:
+        return self.controller.finish()  # final="best" reloads the best checkpoint
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "controller": self.controller.state_dict()}

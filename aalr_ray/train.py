@@ -7,6 +7,9 @@ Reads top to bottom like the loop it is::
         print(row["epoch"], row["lr"], row["test_acc"])
     run.summary()                # final metrics, after the method's finish() (aalr-robust: best weights)
 
+A row's test metrics are those of the weights after the epoch's decision: after
+a rollback, of the restored weights.
+
 Determinism on CPU: the weights are initialised from ``seed``; each epoch's
 data order and augmentation come from (seed, epoch) (the data module), and the
 global torch RNG (dropout, random attack starts) is reseeded from
@@ -174,6 +177,9 @@ class TrainingRun:
         self.robust_eval = config.robust_eval_settings
         self.epoch = 0
         self.initial_loss: float | None = None
+        # The last epoch's test metrics; summary() reuses them while the
+        # weights are the ones they were measured on.
+        self._last_eval: tuple[int, dict] | None = None
         # Data-parallel hooks, set by aalr_ray.distributed; a single process leaves them alone.
         # shard=(rank, world_size): train on examples rank::world_size of every global batch.
         self.shard: tuple[int, int] | None = None
@@ -241,6 +247,7 @@ class TrainingRun:
         eval_s = time.perf_counter() - started
 
         self.epoch = epoch
+        self._last_eval = (epoch, {"test_loss": test_loss, "test_acc": test_acc, **robust})
         used = lrs[:-1] or lrs  # the last entry is the LR after the final step
         row = {
             "epoch": epoch,
@@ -274,14 +281,22 @@ class TrainingRun:
     def __iter__(self) -> Iterator[dict]:
         while self.epoch < self.config.epochs:
             yield self.train_one_epoch()
-        self.method.finish()
+        self.finish()
+
+    def finish(self) -> None:
+        """The method's end of run (aalr-robust reloads its best weights)."""
+        if self.method.finish():
+            self._last_eval = None
 
     def summary(self) -> dict:
-        """Test metrics of the weights the run ends with (after ``finish()``)."""
-        eval_model = self.method.eval_model(self.model, lambda: self.train_batches(self.epoch))
-        test_loss, test_acc = evaluate(eval_model, self.test_batches())
-        final = {"final_" + k: v for k, v in self._robust_accuracy(eval_model).items()}
-        return {"final_test_loss": test_loss, "final_test_acc": test_acc, **final}
+        """Test metrics of the weights the run ends with (after :meth:`finish`)."""
+        if self._last_eval is not None and self._last_eval[0] == self.epoch:
+            metrics = self._last_eval[1]  # the weights the last epoch was evaluated with
+        else:
+            eval_model = self.method.eval_model(self.model, lambda: self.train_batches(self.epoch))
+            test_loss, test_acc = evaluate(eval_model, self.test_batches())
+            metrics = {"test_loss": test_loss, "test_acc": test_acc, **self._robust_accuracy(eval_model)}
+        return {f"final_{k}": v for k, v in metrics.items()}
 
     # --------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -120,7 +120,7 @@ def aalr_trainable(config: dict) -> None:
         row = run.train_one_epoch()
         row["epochs_done"] = run.epoch
         if run.epoch == run.config.epochs:
-            run.method.finish()  # aalr-robust: the best weights become the final ones
+            run.finish()  # aalr-robust: the best weights become the final ones
             row.update(run.summary())
         rows.append(row)
         live.append(row)
