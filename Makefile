@@ -11,10 +11,13 @@ install: $(STAMP)
 
 # Re-install when the package metadata changes. torchattacks is a test-only
 # cross-check; its pins would downgrade packages Ray needs, hence --no-deps.
+# --no-compile: byte-compiling all of Ray and torch up front takes longer
+# (about 50 s here) than compiling the modules actually imported, on first use.
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'torchattacks>=3.5'
+	$(PIP) -e '.[test]'
+	$(PIP) --no-deps 'torchattacks>=3.5'
 	touch $(STAMP)
 
 # The main job on the embedded local Ray: every method on MNIST-1D, 3 seeds.

@@ -47,7 +47,7 @@ TRIAL_KEYS = ("trial_name",)
 MATCH_KEYS = ("dataset", "model", "method", "seed", "batch_size", "augmentation", "weight_decay", "training")
 OVERRIDE_KEYS = ("epochs", "batch_size", "weight_decay", "method_options", "augmentation")
 # --smoke: the grid, shrunk to a covering set on tiny data (see smoke_configs).
-SMOKE = {"epochs": 2, "batch_size": 8, "train_limit": 8, "test_limit": 8, "robust_subset": 8, "attack_steps": 2}
+SMOKE = {"epochs": 2, "batch_size": 4, "train_limit": 4, "test_limit": 4, "robust_subset": 4, "attack_steps": 2}
 
 
 class GridError(ValueError):
@@ -455,7 +455,7 @@ def smoke_configs(configs: list[dict]) -> list[dict]:
 
     Every model x dataset pair, method, augmentation, batch size and training
     mode of the grid still runs at least once (greedily, first seed only), for
-    ``SMOKE["epochs"]`` epochs on eight examples (torchvision sets are
+    ``SMOKE["epochs"]`` epochs on four examples (torchvision sets are
     replaced by synthetic data of the same shape), with PGD cut to two steps
     and the robust evaluation cut to a handful of examples.
     """

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from aalr_ray.cli import main
 from aalr_ray.data import dataset_names
 from aalr_ray.methods import method_names
 from aalr_ray.models import model_names
@@ -59,11 +60,10 @@ def with_arg(flag, value):
     (with_arg("--dataset", "cifar10"), ["cifar10", "cifar-10"]),
     (with_arg("--option", "nonsense=1"), ["nonsense", "lr"]),
 ])
-def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, args, fragments):
+def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, args, fragments):
     out = tmp_path / "run.jsonl"
-    result = cli(*args, "--data-dir", str(tmp_path / "empty"), "--out", str(out))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    assert main([*args, "--data-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aalr-ray: error:"), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
@@ -71,5 +71,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, args, fragments):
 
 
 def test_missing_output_directory_is_reported(tmp_path):
+    # Through the installed entry point's module: no traceback, exit status 2.
     result = cli(*BASE, "--out", str(tmp_path / "nowhere" / "run.jsonl"))
     assert result.returncode == 2 and "nowhere" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

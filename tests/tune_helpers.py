@@ -39,6 +39,22 @@ def flaky_trainable(config):
     aalr_trainable(config)
 
 
+def corrupt_then_die_trainable(config):
+    """With config["corrupt"]: on its first start, report a checkpoint whose run.pt
+    is truncated (as by a crash mid-copy), then die like a killed worker, so that
+    the retry resumes from the corrupt file. Otherwise the plain trainable."""
+    import tempfile
+
+    from aalr_ray.trainable import CHECKPOINT_FILE
+
+    if config.get("corrupt") and tune.get_checkpoint() is None:
+        with tempfile.TemporaryDirectory() as directory:
+            Path(directory, CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut short")
+            tune.report({"epochs_done": 0}, checkpoint=tune.Checkpoint.from_directory(directory))
+        os._exit(1)
+    aalr_trainable(config)
+
+
 def slow_trainable(config):
     """Sleeps before each epoch so that a test can interrupt the driver mid-run."""
     _patch_epoch(lambda run: time.sleep(config["sleep_s"]))
