@@ -53,7 +53,10 @@ FINALS = ("last", "best")
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temp file in the same directory, then rename over ``path``.
 
-    A crash mid-write leaves the previous file intact, never a truncated one.
+    A process killed mid-write leaves the previous file intact, never a
+    truncated one. No fsync: the files that must survive a machine failure
+    are the copies Ray makes in its storage, and an fsync per epoch stalls
+    behind every dirty page on a busy disk.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +64,6 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
