@@ -1,6 +1,5 @@
 """Shared test setup: one torch thread per process; an embedded local Ray for Ray tests."""
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -64,7 +64,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, args, frag
     out = tmp_path / "run.jsonl"
     assert main([*args, "--data-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("aalr-ray: error:"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("aalr-ray: error:"), lines
     for fragment in fragments:
         assert fragment in lines[0]
     assert not out.exists()

@@ -151,12 +151,14 @@ def test_grid_with_two_workers_per_trial_matches_one_worker_and_resumes(local_ra
     experiment, collected = run_grid(str(job), storage=str(tmp_path / "results"), data_dir=data_dir)
 
     assert collected.complete and marker.exists()
-    # The retried trial resumed from Ray Train's latest registered checkpoint: epoch 4, or 3 when
-    # the controller had not processed the epoch-4 report before the worker group failed.
+    # The retried trial resumed from Ray Train's latest registered checkpoint, not from scratch.
+    # Ray Train registers reports asynchronously, so on a loaded machine the latest registered
+    # one may be a few epochs behind the failure (epoch 4 when idle, 2 seen under load).
     trained = [int(e) for e in started.read_text().split()]
     restart = next(i for i in range(1, len(trained)) if trained[i] <= trained[i - 1])
     assert trained[:restart] == list(range(1, restart + 1)) and restart >= DIE_AT - 1, trained
-    assert trained[restart:] == list(range(trained[restart], EPOCHS + 1)) and trained[restart] in (4, 5), trained
+    assert trained[restart:] == list(range(trained[restart], EPOCHS + 1)), trained
+    assert 2 <= trained[restart] <= DIE_AT, trained
     rows = sorted(pq.read_table(Path(experiment) / "epochs.parquet").to_pylist(), key=lambda r: r["epoch"])
     trials = pq.read_table(Path(experiment) / "trials.parquet").to_pylist()
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
