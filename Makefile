@@ -11,9 +11,11 @@ install: $(STAMP)
 
 # Re-install when the package metadata changes. torchattacks is a test-only
 # cross-check; its pins would downgrade packages Ray needs, hence --no-deps.
-# --no-compile: byte-compiling all of Ray and torch up front takes longer
-# (about 50 s here) than compiling the modules actually imported, on first use.
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile
+# pip byte-compiles at install time (about 50 s here); keep it: where
+# PYTHONDONTWRITEBYTECODE is set (as on our CI machines) nothing else writes .pyc
+# files, and every Ray worker would then compile torch and Ray from source
+# (about 8 s of CPU per process start).
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[test]'
