@@ -66,7 +66,6 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .controller import atomic_torch_save
 from .data import Data
 from .train import RunConfig, TrainingRun
 
@@ -148,8 +147,8 @@ def train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    # The single-process trainable's checkpoint format (imported here: it imports Ray Tune).
-    from .trainable import CHECKPOINT_FILE, ROWS_FILE, _write_rows, load_checkpoint_dir, run_config_from
+    # The single-process trainable's epoch and checkpoint format (imported here: it imports Ray Tune).
+    from .trainable import resume, run_config_from, train_next_epoch, write_checkpoint_dir
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -158,27 +157,17 @@ def train_worker(config: dict) -> None:
         run_config.device = str(ray.train.torch.get_device())  # this rank's GPU, or cpu
     run = data_parallel_run(run_config, rank, world_size)
 
-    rows: list[dict] = []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restarted trial: every rank loads the same latest checkpoint
-        with checkpoint.as_directory() as directory:
-            state, rows = load_checkpoint_dir(Path(directory))
-        run.load_state_dict(state)
-        rows = [row for row in rows if row["epoch"] <= run.epoch]
+    # A restarted trial: every rank loads the same latest checkpoint.
+    rows = resume(run, ray.train.get_checkpoint())
 
     while run.epoch < run.config.epochs:
-        row = run.train_one_epoch()
-        row["epochs_done"] = run.epoch
-        if run.epoch == run.config.epochs:
-            run.finish()  # aalr-robust: the best weights become the final ones
-            row.update(run.summary())
+        row = train_next_epoch(run)
         check_ranks_agree(run, world_size)
         rows.append(row)
         # report() is a barrier: every rank calls it each epoch, rank 0 alone with a checkpoint.
         if rank == 0:
             with tempfile.TemporaryDirectory() as directory:
-                atomic_torch_save(run.state_dict(), Path(directory) / CHECKPOINT_FILE)
-                _write_rows(Path(directory) / ROWS_FILE, rows)
+                write_checkpoint_dir(run, rows, Path(directory))
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(row)

@@ -44,8 +44,8 @@ from ray import tune
 from .controller import atomic_torch_save
 from .train import RunConfig, TrainingRun
 
-__all__ = ["aalr_trainable", "run_config_from", "load_checkpoint_dir", "read_rows", "CheckpointError",
-           "CHECKPOINT_FILE", "ROWS_FILE"]
+__all__ = ["aalr_trainable", "run_config_from", "resume", "train_next_epoch", "write_checkpoint_dir",
+           "load_checkpoint_dir", "read_rows", "CheckpointError", "CHECKPOINT_FILE", "ROWS_FILE"]
 
 CHECKPOINT_FILE = "run.pt"
 ROWS_FILE = "epochs.jsonl"
@@ -104,27 +104,46 @@ class _LiveLog:
         self.file.flush()
 
 
+def resume(run: TrainingRun, checkpoint) -> list[dict]:
+    """Load ``checkpoint`` (Tune's or Ray Train's; None: a fresh start) into ``run``.
+
+    Returns the rows of the epochs it holds: rows past its epoch, written by
+    an attempt that died before its next checkpoint, are dropped.
+    """
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as directory:
+        state, rows = load_checkpoint_dir(Path(directory))
+    run.load_state_dict(state)
+    return [row for row in rows if row["epoch"] <= run.epoch]
+
+
+def train_next_epoch(run: TrainingRun) -> dict:
+    """Train one epoch; its row with ``epochs_done``, plus the run's summary after the last."""
+    row = run.train_one_epoch()
+    row["epochs_done"] = run.epoch
+    if run.epoch == run.config.epochs:
+        run.finish()  # aalr-robust: the best weights become the final ones
+        row.update(run.summary())
+    return row
+
+
+def write_checkpoint_dir(run: TrainingRun, rows: list[dict], directory: Path) -> None:
+    """``run.pt`` (atomically) and ``epochs.jsonl`` into ``directory``, to be reported."""
+    atomic_torch_save(run.state_dict(), Path(directory) / CHECKPOINT_FILE)
+    _write_rows(Path(directory) / ROWS_FILE, rows)
+
+
 def aalr_trainable(config: dict) -> None:
     """Run one :class:`TrainingRun` as a Tune trial; see the module docstring."""
     run = TrainingRun(run_config_from(config))
-    rows: list[dict] = []
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state, rows = load_checkpoint_dir(Path(directory))
-        run.load_state_dict(state)
-        rows = [row for row in rows if row["epoch"] <= run.epoch]
+    rows = resume(run, tune.get_checkpoint())
     live = _LiveLog(Path(tune.get_context().get_trial_dir()) / ROWS_FILE, rows)
 
     while run.epoch < run.config.epochs:
-        row = run.train_one_epoch()
-        row["epochs_done"] = run.epoch
-        if run.epoch == run.config.epochs:
-            run.finish()  # aalr-robust: the best weights become the final ones
-            row.update(run.summary())
+        row = train_next_epoch(run)
         rows.append(row)
         live.append(row)
         with tempfile.TemporaryDirectory() as directory:
-            atomic_torch_save(run.state_dict(), Path(directory) / CHECKPOINT_FILE)
-            _write_rows(Path(directory) / ROWS_FILE, rows)
+            write_checkpoint_dir(run, rows, Path(directory))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
