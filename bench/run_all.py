@@ -1,6 +1,6 @@
 """Run every benchmark of the project in sequence, then assemble BENCHMARKS.md.
 
-    python bench/run_all.py            # what `make bench` runs: full sizes (under 30 min on 2 cores)
+    python bench/run_all.py            # what `make bench` runs: full sizes (about 21 min on 2 cores)
     python bench/run_all.py --quick    # every script at its small sizes, a few minutes: a check
     python bench/run_all.py --stages ray_cost,throughput    # some stages, then reassemble
     python bench/run_all.py --assemble-only                 # rebuild BENCHMARKS.md from the fragments
@@ -32,8 +32,8 @@ sys.path.insert(0, str(BENCH))
 from common import RESULTS, machine  # noqa: E402
 
 # name: (script, full-mode arguments, quick-mode arguments); also the order of BENCHMARKS.md.
-# Full-mode durations expected on the quiet 2-core machine: league ~15 min, overhead ~2,
-# ray_cost ~1, scheduler_cost ~3, throughput ~4-5; adversarial is sized by its own script.
+# Full-mode durations measured on the quiet 2-core machine: league ~9 min, overhead ~2,
+# ray_cost ~1, scheduler_cost ~3, throughput ~4, adversarial ~3.5.
 STAGES = {
     "league": ("league.py", [], ["--workloads", "convbase", "--seeds", "1", "--epochs", "3"]),
     "overhead": ("overhead.py", [], ["--epochs", "10", "--seeds", "1"]),
