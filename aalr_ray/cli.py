@@ -18,6 +18,13 @@ class UsageError(Exception):
     """A bad value given by the user: reported as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one ``aalr-ray: error:`` line (no usage block), exit status 2."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def _choices(kind: str, value: str, valid: list[str], allow_import_path: bool = False) -> str:
     if value in valid or (allow_import_path and ":" in value):
         return value
@@ -26,8 +33,40 @@ def _choices(kind: str, value: str, valid: list[str], allow_import_path: bool = 
 
 
 def _positive(name: str, value: int) -> int:
+    from .grid import MAX_INT
+
     if value <= 0:
         raise UsageError(f"{name} must be a positive integer, got {value}")
+    if value > MAX_INT:
+        raise UsageError(f"{name} must be at most {MAX_INT}, got {value}")
+    return value
+
+
+def _in_range(name: str, value, low, high, what: str):
+    import math
+
+    if not (isinstance(value, int) or math.isfinite(value)) or not low <= value <= high:
+        raise UsageError(f"{name} must be {what}, got {value}")
+    return value
+
+
+def _device(value: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps, and present on this machine."""
+    import re
+
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?|mps", value):
+        raise UsageError(f"unknown device {value!r}; choose from: auto, cpu, cuda, cuda:N, mps")
+    if value.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(value.partition(":")[2] or 0)
+        if index >= count:
+            present = ", ".join(["auto", "cpu", *(f"cuda:{i}" for i in range(count))])
+            raise UsageError(f"device {value!r} is not on this machine ({count} CUDA device(s)); "
+                             f"choose from: {present}")
+    if value == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageError("device 'mps' is not on this machine; choose from: auto, cpu")
     return value
 
 
@@ -97,6 +136,7 @@ def _parse_options(pairs: list[str]) -> dict:
 
 def _train_config(args):
     from .data import AUGMENTATIONS, dataset_names
+    from .grid import MAX_SEED
     from .methods import method_names
     from .models import model_names
     from .train import RunConfig
@@ -106,47 +146,88 @@ def _train_config(args):
         dataset=_choices("dataset", args.dataset, dataset_names(), allow_import_path=True),
         method=_choices("method", args.method, method_names()),
         epochs=_positive("--epochs", args.epochs),
-        seed=args.seed,
+        seed=_in_range("--seed", args.seed, 0, MAX_SEED, "an integer in 0..2**63-1"),
         batch_size=_positive("--batch-size", args.batch_size),
-        weight_decay=args.weight_decay,
+        weight_decay=_in_range("--weight-decay", args.weight_decay, 0, float("inf"), "a finite number >= 0"),
         augmentation=_choices("augmentation", args.augmentation, list(AUGMENTATIONS)),
         epoch_loss=args.epoch_loss,
-        device=args.device,
+        device=_device(args.device),
         data_dir=args.data_dir,
         method_options=_parse_options(args.option),
-        threads=args.threads,
+        threads=_in_range("--threads", args.threads, 0, 1024, "an integer in 0..1024 (0 = torch's choice)"),
         training=args.training,
         robust_eval={} if args.robust_eval else None,
     )
 
 
+def _check_options(config) -> None:
+    """Every --option checked as a grid file's method_options are, before any data loads."""
+    from .grid import option_problems
+
+    problems = option_problems(config.method, config.method_options)
+    if problems:
+        key, problem = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"--option {key}: {problem}{more}")
+
+
+def _open_out(out: Path):
+    """Create --out now, before the data loads: refuse a path that exists, a directory or one that cannot be written."""
+    if out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a directory; give a file path")
+    if out.exists() or out.is_symlink():
+        raise UsageError(f"--out {str(out)!r} already exists; remove it or pick another path")
+    if not out.parent.is_dir():
+        what = "is not a directory" if out.parent.exists() else "does not exist"
+        raise UsageError(f"--out directory {str(out.parent)!r} {what}")
+    try:
+        return open(out, "x")
+    except OSError as exc:
+        raise UsageError(f"cannot write --out {str(out)!r}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return " ".join(first.split())[:400] or type(exc).__name__
+
+
 def _run_train(args) -> int:
+    from .data import DataError
+    from .methods import MethodError
+    from .models import ModelShapeError
     from .train import TrainingRun
 
     try:
         config = _train_config(args)
     except ValueError as exc:  # RunConfig's own checks (training mode, robust eval)
-        raise UsageError(str(exc)) from None
+        raise UsageError(_one_line(exc)) from None
+    _check_options(config)
     out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.is_dir():
-        raise UsageError(f"--out directory {str(out.parent)!r} does not exist")
+    sink = _open_out(out) if out is not None else None
+    rows, finished = 0, False
     try:
-        run = TrainingRun(config)  # loads data, builds model and method: input errors surface here
-    except (ImportError, AttributeError, ValueError) as exc:  # e.g. a bad import path
-        raise UsageError(str(exc).splitlines()[0]) from None
-    spec = run.data.spec
-    print(f"{config.method} on {config.model} / {config.dataset} {spec.input_shape}, {config.epochs} epochs, "
-          f"seed {config.seed}, batch {config.batch_size}, device {run.device}", flush=True)
-    sink = open(out, "w") if out is not None else None
-    try:
+        try:
+            run = TrainingRun(config)  # loads data, builds model and method: input errors surface here
+        except (DataError, MethodError, ModelShapeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a factory or data directory of the user's
+            raise UsageError(f"{type(exc).__name__}: {_one_line(exc)}" if not isinstance(exc, ValueError)
+                             else _one_line(exc)) from None
+        spec = run.data.spec
+        print(f"{config.method} on {config.model} / {config.dataset} {spec.input_shape}, {config.epochs} epochs, "
+              f"seed {config.seed}, batch {config.batch_size}, device {run.device}", flush=True)
         for row in run:
             print(_format_row(row, config.epochs), flush=True)
             if sink is not None:
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
+                rows += 1
+        finished = True
     finally:
         if sink is not None:
             sink.close()
+            if not finished and rows == 0:
+                out.unlink(missing_ok=True)  # failed before the first epoch (bad input): leave nothing behind
     summary = run.summary()
     print(f"final test_acc {100 * summary['final_test_acc']:.2f}%  test_loss {summary['final_test_loss']:.4f}"
           + (f"  rows in {out}" if out else ""))
@@ -179,12 +260,12 @@ def _run_grid(args) -> int:
     try:
         experiment, collected = run_grid(args.job, storage=args.storage, address=args.address,
                                          data_dir=args.data_dir, resume=args.resume, smoke=args.smoke)
-    except GridError as exc:
+    except GridError as exc:  # every problem of the file, one line each; nothing started or written
         for problem in exc.problems:
-            print(f"aalr-ray: error: {problem}", file=sys.stderr)
+            print(f"aalr-ray: error: {' '.join(problem.split())}", file=sys.stderr)
         return 2
     except (GridRunError, StorageError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_one_line(exc)) from None
     if collected is not None:
         write_report(experiment)
     print_summary(experiment)
@@ -205,20 +286,27 @@ def _report_parser(sub) -> None:
 
 def _run_report(args) -> int:
     from . import storage
-    from .report import print_summary, write_report
+    from .report import ReportError, load_results, print_summary, write_report
     from .runner import TRIALS_FILE
 
     experiment = args.experiment if "://" in args.experiment else str(Path(args.experiment).resolve())
-    if not storage.exists(f"{experiment}/{TRIALS_FILE}"):
-        raise UsageError(f"no {TRIALS_FILE} in {experiment}: not an experiment directory written by aalr-ray grid")
-    print(f"wrote {write_report(experiment)}")
-    print_summary(experiment)
+    try:
+        if not storage.exists(f"{experiment}/{TRIALS_FILE}"):
+            raise UsageError(f"no {TRIALS_FILE} in {experiment}: not an experiment directory written by aalr-ray grid")
+        results = load_results(experiment)  # both tables read and checked before anything is written
+    except (ReportError, OSError, ValueError) as exc:
+        raise UsageError(_one_line(exc)) from None
+    try:
+        print(f"wrote {write_report(experiment, results)}")
+    except OSError as exc:
+        raise UsageError(f"cannot write the report into {experiment}: {_one_line(exc)}") from None
+    print_summary(experiment, results=results)
     return 0
 
 
 # -------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aalr-ray", description="Hyperparameter-free learning-rate tuning (AALR) on PyTorch and Ray Tune.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
@@ -229,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:  # argparse's own errors: unknown flag, not an integer, missing argument
+        print(f"aalr-ray: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     from .data import DataError
     from .methods import MethodError
     from .models import ModelShapeError
@@ -237,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, DataError, MethodError, ModelShapeError) as exc:
-        print(f"aalr-ray: error: {exc}", file=sys.stderr)
+        print(f"aalr-ray: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside Tune's own handling (Tune stops a running grid itself)
+        print("aalr-ray: interrupted; an interrupted grid continues with --resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -250,10 +250,13 @@ class AALRController:
     def _load(self, snapshot: dict | None) -> None:
         if snapshot is None:
             raise RuntimeError("AALR has no snapshot to restore: was start() called?")
-        self.model.load_state_dict(snapshot["model"])
-        # load_state_dict copies tensors into the optimizer's params' devices,
-        # and replaces (not merges) the per-parameter state.
-        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.model.load_state_dict(snapshot["model"])  # copies into the parameters
+        # Optimizer.load_state_dict replaces (not merges) the per-parameter state but keeps
+        # the given tensors when dtype and device already match (Tensor.to returns self), and
+        # every optimizer then updates its state in place (SGD's momentum, Adam's moments and
+        # step): loading the snapshot itself would let training rewrite the kept snapshot, and
+        # a second RESTORE_BEST would bring back that. So the optimizer gets its own copy.
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
 
 
 # ---------------------------------------------------------------- epoch loops

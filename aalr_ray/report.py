@@ -13,6 +13,7 @@ are, e.g. on a laptop after copying results from S3.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from . import storage as store
 
-__all__ = ["write_report", "print_summary", "build_tables", "TARGET_MARGIN"]
+__all__ = ["write_report", "print_summary", "build_tables", "load_results", "ReportError", "TARGET_MARGIN"]
 
 TARGET_MARGIN = 0.005  # time-to-target: reach the tuned step baseline's peak within 0.5 points
 # Fields that, when they vary inside a (dataset, training) group, name the table row.
@@ -198,16 +199,77 @@ def _plots(trials: list[dict], epochs: list[dict], directory: Path) -> list[tupl
 
 
 # -------------------------------------------------------------------- entry
-def _load(experiment: str) -> tuple[list[dict], list[dict]]:
+class ReportError(ValueError):
+    """A results file that cannot be read or is not what aalr-ray grid writes; one line naming it."""
+
+
+# The columns the report reads and what each must hold: "text" or "number", without nulls; a
+# "?" column may hold nulls (a trial Tune never started has no trial_id and no accuracies) and
+# the accuracies are absent when no trial trained an epoch. A table without rows may have no columns.
+TRIAL_COLUMNS = {"trial_id": "text?", "dataset": "text", "model": "text", "method": "text", "training": "text",
+                 "status": "text", "peak_test_acc": "number?", "final_test_acc": "number?"}
+EPOCH_COLUMNS = {"trial_id": "text", "epoch": "number", "lr": "number", "train_loss": "number", "test_acc": "number"}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _read(uri: str, columns: dict[str, str]) -> list[dict]:
+    """A Parquet table's rows, after checking it has the columns the report reads."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = store.filesystem(uri)
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            raise ReportError(f"{uri}: no such file")
+        if kind != pafs.FileType.File:  # pyarrow would read a directory as an (empty) dataset
+            raise ReportError(f"{uri}: not a file")
+        table = store.read_table(uri)
+    except ReportError:
+        raise
+    except FileNotFoundError:
+        raise ReportError(f"{uri}: no such file") from None
+    except (OSError, ValueError, pa.ArrowException) as exc:  # empty, truncated, not Parquet
+        detail = re.sub(r"^Could not open Parquet input source '.*?': ", "", _one_line(exc))
+        raise ReportError(f"{uri}: not a readable Parquet table ({type(exc).__name__}: {detail})") from None
+    missing = [c for c, kind in columns.items() if c not in table.column_names and not kind.endswith("?")]
+    if missing and table.num_rows:
+        raise ReportError(f"{uri}: missing column(s) {', '.join(missing)}; not a table written by aalr-ray grid")
+    for name, kind in columns.items():
+        if name not in table.column_names:
+            continue
+        column, optional, kind = table.column(name), kind.endswith("?"), kind.rstrip("?")
+        if optional and pa.types.is_null(column.type):
+            continue  # nothing but nulls
+        if kind == "text" and not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise ReportError(f"{uri}: column {name} holds {column.type}, expected text")
+        if column.null_count and not optional:
+            raise ReportError(f"{uri}: column {name} has {column.null_count} empty value(s)")
+        if kind == "number" and not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise ReportError(f"{uri}: column {name} holds {column.type}, expected numbers")
+    return table.to_pylist()
+
+
+def load_results(experiment: str) -> tuple[list[dict], list[dict]]:
+    """(trials, epochs) from ``trials.parquet`` and ``epochs.parquet``; ReportError (one line) if either
+    is missing, unreadable or lacks a column the report reads."""
     from .runner import EPOCHS_FILE, TRIALS_FILE
 
-    return (store.read_table(f"{experiment}/{TRIALS_FILE}").to_pylist(),
-            store.read_table(f"{experiment}/{EPOCHS_FILE}").to_pylist())
+    return (_read(f"{experiment}/{TRIALS_FILE}", TRIAL_COLUMNS),
+            _read(f"{experiment}/{EPOCHS_FILE}", EPOCH_COLUMNS))
 
 
-def write_report(experiment: str) -> str:
-    """Write report.md and the PNGs into ``experiment``; return report.md's location."""
-    trials, epochs = _load(experiment)
+def _load(experiment: str) -> tuple[list[dict], list[dict]]:
+    return load_results(experiment)
+
+
+def write_report(experiment: str, results: tuple[list[dict], list[dict]] | None = None) -> str:
+    """Write report.md and the PNGs into ``experiment`` (``results``: :func:`load_results`'s, when
+    already read); return report.md's location."""
+    trials, epochs = results if results is not None else _load(experiment)
     name = experiment.rstrip("/").rsplit("/", 1)[-1]
     statuses = defaultdict(int)
     for trial in trials:
@@ -228,10 +290,10 @@ def write_report(experiment: str) -> str:
     return f"{experiment}/report.md"
 
 
-def print_summary(experiment: str, out=None) -> None:
+def print_summary(experiment: str, out=None, results: tuple[list[dict], list[dict]] | None = None) -> None:
     """The peak-accuracy tables of the report, and where the report is."""
     out = out or sys.stdout
-    trials, epochs = _load(experiment)
+    trials, epochs = results if results is not None else _load(experiment)
     for title, section in build_tables(trials, epochs):
         print(f"\n{title}", file=out)
         end = section.index("", 2) if "" in section[2:] else len(section)

@@ -16,14 +16,18 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
 from . import storage as store
+from ._ray_compat import tolerate_pruned_checkpoints
 from .grid import Grid, expand, load_grid, smoke_configs
+from .guard import StateGuard, full_disk_message, repair, torn_state_files
 from .trainable import aalr_trainable, load_checkpoint_dir
 
 __all__ = ["run_grid", "GridRunError", "collect", "write_parquet", "Collected", "EPOCHS_FILE", "TRIALS_FILE"]
@@ -86,33 +90,55 @@ class Collected:
         return all(t["status"] == "TERMINATED" for t in self.trials)
 
 
+def _trial_error(result) -> str | None:
+    """The last line of a trial's error, or None; a torn error file (full disk) is an error too."""
+    try:
+        error = result.error
+    except Exception as exc:  # Tune unpickles error.pkl, which a full disk can leave torn
+        return f"(error file unreadable: {type(exc).__name__})"
+    return None if error is None else str(error).strip().splitlines()[-1][:500]
+
+
+def _rows_of(result) -> list[dict]:
+    checkpoint = result.checkpoint
+    if checkpoint is None and result.metrics.get("checkpoint_path"):
+        # A data-parallel trial (aalr_ray.distributed): Ray Train holds the checkpoint,
+        # on the trial's storage; its path arrives as a metric.
+        from ray import tune
+
+        checkpoint = tune.Checkpoint(result.metrics["checkpoint_path"], filesystem=result.filesystem)
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as directory:
+        return load_checkpoint_dir(Path(directory))[1]
+
+
 def collect(result_grid, configs: list[dict]) -> Collected:
-    """Rows from each trial's latest checkpoint (the authoritative per-epoch log)."""
+    """Rows from each trial's latest checkpoint (the authoritative per-epoch log).
+
+    Every config of the grid gets a trials row: one that Tune never started
+    (an interrupted run) is PENDING with no epochs.
+    """
     by_name = {c["trial_name"]: c for c in configs}
-    epochs, trials = [], []
+    epochs, trials, seen = [], [], set()
     for result in result_grid:
         config = by_name.get(result.config.get("trial_name"), result.config)
-        rows: list[dict] = []
-        checkpoint = result.checkpoint
-        if checkpoint is None and result.metrics.get("checkpoint_path"):
-            # A data-parallel trial (aalr_ray.distributed): Ray Train holds the checkpoint,
-            # on the trial's storage; its path arrives as a metric.
-            from ray import tune
-
-            checkpoint = tune.Checkpoint(result.metrics["checkpoint_path"], filesystem=result.filesystem)
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                _, rows = load_checkpoint_dir(Path(directory))
-        if result.error is not None:
-            status, error = "ERROR", str(result.error).strip().splitlines()[-1][:500]
+        seen.add(config.get("trial_name"))
+        rows = _rows_of(result)
+        error = _trial_error(result)
+        if error is not None:
+            status = "ERROR"
         elif len(rows) >= config["epochs"]:
-            status, error = "TERMINATED", None
+            status = "TERMINATED"
         else:
-            status, error = "UNFINISHED", None
+            status = "UNFINISHED"
         trial_id = result.metrics.get("trial_id") or Path(result.path).name.split("_", 1)[-1]
         for row in rows:
             epochs.append({"trial_id": trial_id, **_flat_config(config), **row})
         trials.append({"trial_id": trial_id, **trial_summary(config, rows, status, error)})
+    for name, config in by_name.items():
+        if name not in seen:
+            trials.append({"trial_id": None, **trial_summary(config, [], "PENDING", None)})
     return Collected(epochs, trials)
 
 
@@ -207,6 +233,8 @@ def _tuner(grid: Grid, configs: list[dict], storage: str, name: str):
             # checkpointed num_to_keep times since the last snapshot, so the
             # value is also how often that happens.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            # Atomic copies of Tune's state files, and a stop on a full disk.
+            callbacks=[StateGuard(store.experiment_uri(storage, name))],
         ),
     )
 
@@ -228,13 +256,64 @@ def prepare(grid_path: str, *, data_dir: str | None = None, smoke: bool = False)
     return grid, configs, name
 
 
+def _already_done(experiment: str, fingerprint: list[dict], resume: bool) -> bool:
+    """Whether the experiment ran before and finished; refuse a changed grid or a missing --resume."""
+    started_before = store.exists(f"{experiment}/{GRID_FILE}")
+    if not started_before:
+        if resume:
+            raise GridRunError(f"nothing to resume at {experiment}; run without --resume to start it")
+        return False
+    if store.read_json(f"{experiment}/{GRID_FILE}") != json.loads(json.dumps(fingerprint)):
+        raise GridRunError(f"{experiment} holds a different grid (the file changed since it ran); "
+                           "give the grid a new name or use another --storage")
+    if store.exists(f"{experiment}/{TRIALS_FILE}"):
+        trials = store.read_table(f"{experiment}/{TRIALS_FILE}").to_pylist()
+        if trials and all(t["status"] == "TERMINATED" for t in trials):
+            return True
+    if not resume:
+        raise GridRunError(f"{experiment} exists and did not finish; continue it with --resume "
+                           "(finished trials are not run again)")
+    return False
+
+
+def _restored_tuner(grid: Grid, configs: list[dict], experiment: str):
+    """Tune's own restore (of an experiment whose torn state files, if any, were repaired)."""
+    from ray import tune
+
+    torn = torn_state_files(experiment)
+    if torn:
+        raise GridRunError(f"{experiment}: Tune's state file {torn[0]} is torn and has no intact copy; "
+                           "the trial checkpoints are kept, but the experiment cannot be resumed")
+    # param_space again: without it, tune.sample_from values of trials that had
+    # not started come back as placeholders and those trials fail on every try.
+    return tune.Tuner.restore(experiment, trainable_for(grid), resume_unfinished=True, resume_errored=True,
+                              param_space=_param_space(configs))
+
+
+def _fit(tuner, experiment: str):
+    """``tuner.fit()``; a full disk becomes one StorageError line, and Ctrl-C works again afterwards."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        return tuner.fit()
+    except Exception:
+        if full_disk_message(experiment) is None:
+            raise
+        repair(experiment)
+        raise store.StorageError(full_disk_message(experiment)) from None
+    finally:
+        if main_thread:  # Tune leaves its own handler installed, which would swallow a Ctrl-C
+            signal.signal(signal.SIGINT, sigint)  # during the collection that follows
+
+
 def run_grid(grid_path: str, *, storage: str = "./results", address: str | None = None,
              data_dir: str | None = None, resume: bool = False, smoke: bool = False,
              out=None) -> tuple[str, Collected | None]:
     """Run or resume a grid and write its Parquet files.
 
     Returns (experiment URI, collected results), or (URI, None) when the
-    experiment had already completed and nothing was trained.
+    experiment had already completed and nothing was trained. One driver at a
+    time: a second one on the same experiment is refused while the first lives.
     """
     from ray import tune
 
@@ -247,34 +326,28 @@ def run_grid(grid_path: str, *, storage: str = "./results", address: str | None 
     # First, so that a wrong endpoint fails here in seconds, before any other
     # storage call (each would retry for long) and before any trial starts.
     store.check_reachable(storage)
-    started_before = store.exists(f"{experiment}/{GRID_FILE}")
-    if started_before:
-        if store.read_json(f"{experiment}/{GRID_FILE}") != json.loads(json.dumps(fingerprint)):
-            raise GridRunError(f"{experiment} holds a different grid (the file changed since it ran); "
-                               "give the grid a new name or use another --storage")
-        if store.exists(f"{experiment}/{TRIALS_FILE}"):
-            trials = store.read_table(f"{experiment}/{TRIALS_FILE}").to_pylist()
-            if all(t["status"] == "TERMINATED" for t in trials):
-                print(f"{name}: already complete, nothing to train; results in {experiment}", file=out)
-                return experiment, None
-        if not resume:
-            raise GridRunError(f"{experiment} exists and did not finish; continue it with --resume "
-                               "(finished trials are not run again)")
-    elif resume:
+    if resume and not store.exists(f"{experiment}/{GRID_FILE}"):  # before the lock makes the directory
         raise GridRunError(f"nothing to resume at {experiment}; run without --resume to start it")
-
-    _init_ray(address)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table with our columns, not the new output
-    # Per-epoch checkpoints of fast CPU epochs trigger one warning per
-    # snapshot (hundreds per grid); the snapshots themselves are intended.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    print(f"{name}: {len(configs)} trials -> {experiment}", file=out, flush=True)
-    trainable = trainable_for(grid)
-    if started_before and tune.Tuner.can_restore(experiment):
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        store.write_bytes(f"{experiment}/{GRID_FILE}", json.dumps(fingerprint, indent=1).encode())
-        tuner = _tuner(grid, configs, storage, name)
-    collected = collect(tuner.fit(), configs)
-    write_parquet(experiment, collected)
+    with store.ExperimentLock(experiment):
+        if _already_done(experiment, fingerprint, resume):
+            print(f"{name}: already complete, nothing to train; results in {experiment}", file=out)
+            return experiment, None
+        _init_ray(address)
+        tolerate_pruned_checkpoints()  # a restore can name checkpoints pruned since its snapshot
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table with our columns, not the new output
+        # Per-epoch checkpoints of fast CPU epochs trigger one warning per
+        # snapshot (hundreds per grid); the snapshots themselves are intended.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        print(f"{name}: {len(configs)} trials -> {experiment}", file=out, flush=True)
+        started_before = store.exists(f"{experiment}/{GRID_FILE}")
+        if started_before:
+            repair(experiment)  # before can_restore: a full disk may have left no state file at all
+        if started_before and tune.Tuner.can_restore(experiment):
+            tuner = _restored_tuner(grid, configs, experiment)
+        else:
+            store.write_bytes(f"{experiment}/{GRID_FILE}", json.dumps(fingerprint, indent=1).encode())
+            tuner = _tuner(grid, configs, storage, name)
+        results = _fit(tuner, experiment)
+        collected = collect(results, configs)
+        write_parquet(experiment, collected)
     return experiment, collected

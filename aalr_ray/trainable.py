@@ -134,16 +134,35 @@ def write_checkpoint_dir(run: TrainingRun, rows: list[dict], directory: Path) ->
     _write_rows(Path(directory) / ROWS_FILE, rows)
 
 
+def live_log_dir() -> Path | None:
+    """The trial's directory in local (or shared) storage, where ``tail -f epochs.jsonl`` finds it.
+
+    Not ``get_trial_dir()``: in Ray 2.60 that is the driver's staging copy for
+    an actor's first trial but, after ``reuse_actors`` reset the actor, a
+    working directory that nothing copies into storage, so later trials' logs
+    were lost. None on object storage (no appends there; the rows travel in
+    every checkpoint anyway).
+    """
+    import pyarrow.fs as pafs
+
+    storage = tune.get_context().get_storage()  # DeveloperAPI, checked against Ray 2.60.0
+    if not isinstance(storage.storage_filesystem, pafs.LocalFileSystem):
+        return None
+    return Path(storage.trial_fs_path)
+
+
 def aalr_trainable(config: dict) -> None:
     """Run one :class:`TrainingRun` as a Tune trial; see the module docstring."""
     run = TrainingRun(run_config_from(config))
     rows = resume(run, tune.get_checkpoint())
-    live = _LiveLog(Path(tune.get_context().get_trial_dir()) / ROWS_FILE, rows)
+    directory = live_log_dir()
+    live = _LiveLog(directory / ROWS_FILE, rows) if directory is not None else None
 
     while run.epoch < run.config.epochs:
         row = train_next_epoch(run)
         rows.append(row)
-        live.append(row)
+        if live is not None:
+            live.append(row)
         with tempfile.TemporaryDirectory() as directory:
             write_checkpoint_dir(run, rows, Path(directory))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -37,3 +37,25 @@ def write_fragment(name: str, title: str, command: str, body: str) -> Path:
     path = RESULTS / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def write_section(name: str) -> Path:
+    """Put ``results/<name>.md`` into BENCHMARKS.md in place: replace the section with its
+    title, or append it. For a script run on its own; ``run_all.py`` reassembles the whole file."""
+    fragment = (RESULTS / f"{name}.md").read_text().rstrip() + "\n"
+    title = fragment.splitlines()[0]
+    path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if title + "\n" in lines:
+        start = lines.index(title + "\n")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        text = "".join(lines[:start]) + fragment + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
+    else:
+        text = text.rstrip() + "\n\n" + fragment
+    text = "\n".join(f"{line.rstrip('.')}, {name}." if line.startswith("Contents: ") and name not in line
+                     else line for line in text.split("\n"))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

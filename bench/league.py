@@ -2,6 +2,12 @@
 
     python bench/league.py                       # 3 workloads x all methods x 5 seeds -> bench/results/league.{json,md}
     python bench/league.py --workloads convbase --seeds 2 --epochs 10   # a quick look
+    python bench/league.py --methods aalr-adam --method-options '{"aalr-adam": {"lr": 0.1}}' --name league-adam-lr0.1
+
+``--methods all`` is every registered method: the AALR variants over SGD
+(``aalr``, ``aalr-robust``) and over Adam (``aalr-adam``, ``aalr-robust-adam``)
+and every baseline. ``--method-options`` overrides defaults as a grid file's
+``method_options`` does (checked the same way), e.g. to compare starts.
 
 Each (workload, method, seed) is one aalr_ray TrainingRun in a worker process
 with one torch thread; ``--jobs`` processes run side by side.
@@ -35,7 +41,7 @@ def run_one(job: dict) -> dict:
     from aalr_ray.train import RunConfig, TrainingRun
 
     config = RunConfig(model=job["model"], dataset=job["dataset"], method=job["method"], epochs=job["epochs"],
-                       seed=job["seed"], data_dir=job.get("data_dir"))
+                       seed=job["seed"], data_dir=job.get("data_dir"), method_options=job.get("method_options") or {})
     run = TrainingRun(config)
     rows = list(run)
     summary = run.summary()
@@ -112,9 +118,35 @@ def summarise(results: list[dict], methods: list[str]) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", numbers
 
 
-def main(argv=None) -> int:
+def league_methods(spec: str) -> list[str]:
+    """``all`` (every registered method, the Adam variants of AALR included) or a comma list."""
     from aalr_ray.methods import method_names
 
+    return method_names() if spec == "all" else spec.split(",")
+
+
+def method_options_problem(methods: list[str], text: str | None) -> tuple[dict, str | None]:
+    """(method -> options, None) from --method-options JSON, or ({}, one line saying what is wrong)."""
+    from aalr_ray.grid import option_problems
+    from aalr_ray.methods import method_names
+
+    if text is None:
+        return {}, None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return {}, f"--method-options is not JSON: {exc}"
+    if not isinstance(options, dict):
+        return {}, "--method-options expects a JSON mapping method -> options"
+    for method, opts in options.items():
+        if method not in methods or method not in method_names():
+            return {}, f"--method-options names {method!r}, which is not among --methods: {', '.join(methods)}"
+        for key, problem in option_problems(method, opts):
+            return {}, f"--method-options {method}.{key}: {problem}"
+    return options, None
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--methods", default="all")
@@ -123,6 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--name", default="league")
+    parser.add_argument("--method-options", default=None, metavar="JSON",
+                        help='override method defaults, e.g. \'{"aalr-adam": {"lr": 0.1}}\'')
     args = parser.parse_args(argv)
 
     workloads = args.workloads.split(",")
@@ -130,14 +164,19 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown workload {unknown[0]!r}; choose from: {', '.join(WORKLOADS)}", file=sys.stderr)
         return 2
-    methods = method_names() if args.methods == "all" else args.methods.split(",")
+    methods = league_methods(args.methods)
+    method_options, problem = method_options_problem(methods, args.method_options)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     jobs = []
     for workload in workloads:
         model, dataset, epochs, _ = WORKLOADS[workload]
         for seed in range(args.seeds):
             for method in methods:
                 jobs.append({"workload": workload, "model": model, "dataset": dataset, "method": method,
-                             "epochs": args.epochs or epochs, "seed": seed, "data_dir": args.data_dir})
+                             "epochs": args.epochs or epochs, "seed": seed, "data_dir": args.data_dir,
+                             "method_options": method_options.get(method, {})})
     # Longest first keeps both processes busy to the end.
     jobs.sort(key=lambda j: -j["epochs"] * (3 if j["dataset"] == "digits" else 1))
     started = time.perf_counter()

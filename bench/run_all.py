@@ -41,6 +41,7 @@ STAGES = {
     "scheduler_cost": ("scheduler_cost.py", [], ["--quick"]),
     "throughput": ("throughput.py", [], ["--quick"]),
     "adversarial": ("adversarial.py", [], ["--quick"]),  # optional: skipped when the script is missing
+    "faults": ("faults.py", [], ["--scenarios", "kill9-running,two-drivers"]),
 }
 OPTIONAL = {"adversarial"}
 QUICK_RESULTS = RESULTS / "quick"

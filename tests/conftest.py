@@ -24,3 +24,13 @@ def local_ray():
              configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A data directory holding MNIST-1D (built offline), for a module's runs."""
+    from aalr_ray.data import load_dataset
+
+    directory = tmp_path_factory.mktemp("data")
+    load_dataset("mnist1d", data_dir=directory)
+    return str(directory)

@@ -41,3 +41,40 @@ class _SlowMLP(torch.nn.Module):
 
 def slow_mlp(num_classes, input_shape):
     return _SlowMLP(num_classes, input_shape)
+
+
+class _NaNInEpochs(torch.nn.Module):
+    """A model that outputs NaN while training in chosen data epochs of one seed.
+
+    Every training path seeds torch's global RNG with ``epoch_seed(seed, epoch)``
+    right before each data epoch (aalr_ray.train.TrainingRun, and so the Ray
+    trainable; tests/tune_helpers.py's pbt_style_trainable), so the epoch is
+    ``torch.initial_seed()``: the NaN falls in the same epoch in every path and
+    on every CPU, whatever the losses before it were. Eval-mode forwards (test
+    metrics) and the J(theta_0) pass (epoch 0) are never NaN.
+    """
+
+    def __init__(self, net, seeds):
+        super().__init__()
+        self.net = net
+        self.seeds = frozenset(seeds)
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.training and torch.initial_seed() in self.seeds:
+            return out * float("nan")
+        return out
+
+
+# The data epochs (of seed 0) in which cnn_nan_in_epochs outputs NaN.
+NAN_SEED, NAN_EPOCHS = 0, (2, 9)
+
+
+def cnn_nan_in_epochs(num_classes, input_shape):
+    """mnist1d-cnn (ConvBase: the same weights from the same seed) that outputs NaN
+    in data epochs NAN_EPOCHS of seed NAN_SEED."""
+    from aalr_ray.models import build_model
+    from aalr_ray.train import epoch_seed
+
+    net = build_model("mnist1d-cnn", num_classes, input_shape)
+    return _NaNInEpochs(net, [epoch_seed(NAN_SEED, epoch) for epoch in NAN_EPOCHS])

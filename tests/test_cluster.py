@@ -34,6 +34,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+import s3_server
+
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "cluster.yaml"
 CLUSTER_DOC = ROOT / "docs" / "cluster.md"
@@ -386,27 +388,9 @@ BUCKET = "aalr-test"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A real S3 protocol server (moto) on loopback, with one bucket, and the
-    environment that points every client at it: the AWS SDK's own variables,
-    read alike by pyarrow (our storage and Ray's), boto3 and the aws CLI."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    home = tmp_path_factory.mktemp("aws")
-    env = {
-        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata probing for credentials
-        "AWS_CONFIG_FILE": str(home / "config"), "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-    }
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    client.create_bucket(Bucket=BUCKET)
-    yield env, client
-    server.stop()
+    """A real S3 protocol server (moto) on loopback with one bucket: (environment, boto3 client)."""
+    with s3_server.moto_s3(tmp_path_factory.mktemp("aws"), BUCKET) as server:
+        yield server
 
 
 def bucket_keys(client, prefix: str) -> dict[str, str]:

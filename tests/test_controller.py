@@ -177,12 +177,34 @@ def test_holds_one_extra_copy_at_most(digits):
     assert aalr.snapshot_nbytes() == 2 * weights  # best weights + momentum, theta_0 dropped
 
 
+# Measured over seeds 0-19 under ATEN_CPU_CAPABILITY=default and avx2: with these
+# settings the first 16 epochs take the same decisions every time, each judged
+# loss at least 2.9 % below the best (for seed 0 the two kernels' losses differ
+# by about 1e-7 relative), and AALR's epoch-16 loss is 0.092-0.104, at most
+# 0.77 of plain SGD's at the same initial LR. Later the LR reaches 1.6 and the
+# loss depends on the CPU's rounding (best loss after 40 epochs: 0.013 to 0.10
+# over those runs), so nothing is asserted past epoch 16.
+DIGITS_EPOCHS = 16
+
+
+@pytest.mark.cpu_sensitive
 def test_aalr_trains_digits_to_a_low_training_loss(digits):
-    model, optimizer, aalr = make(max_epochs=40)
+    model, optimizer, aalr = make(max_epochs=DIGITS_EPOCHS)
     initial = measure_loss(model, batches(digits, 0), loss_fn)
     aalr.start(initial)
-    losses = []
-    run_to(aalr, model, optimizer, digits, 1, 41, losses)
+    losses, actions = [], []
+    for epoch in range(1, DIGITS_EPOCHS + 1):
+        losses.append(train_epoch(model, optimizer, batches(digits, epoch), loss_fn))
+        actions.append(aalr.step(losses[-1]))
     assert aalr.finished and aalr.phase == 2
+    # Phase 1 (10 epochs at 0.1), then every 2-epoch window beats the best: 0.2, 0.4, 0.8, 1.6.
+    assert actions == [Action.CONTINUE] * 9 + [Action.SAVE_BEST] + [Action.CONTINUE, Action.SAVE_BEST] * 3, losses
+    assert aalr.lr == 0.1 * 2**4 and aalr.get_last_lr() == pytest.approx([1.6, 0.16])
+
+    # The same theta_0 and optimizer at a constant LR (0.1 and 0.01) for as many epochs.
+    plain_model, plain_optimizer, _ = make(max_epochs=DIGITS_EPOCHS)
+    plain = [train_epoch(plain_model, plain_optimizer, batches(digits, epoch), loss_fn)
+             for epoch in range(1, DIGITS_EPOCHS + 1)]
     assert initial > 2.0
-    assert aalr.best_loss < 0.02, losses
+    assert aalr.best_loss == losses[-1] < 0.12, losses  # from ln(10): about 20 times lower
+    assert losses[-1] < 0.85 * plain[-1], (losses, plain)  # the doublings paid off

@@ -37,6 +37,16 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
+def checkpoint_epoch(directory: Path) -> int | None:
+    """The epoch a run checkpoint directory holds, or None if it cannot be read."""
+    from aalr_ray.trainable import CheckpointError, load_checkpoint_dir
+
+    try:
+        return load_checkpoint_dir(directory)[0]["epoch"]
+    except CheckpointError:
+        return None
+
+
 def untimed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("epoch_s", "eval_s")} for row in rows]
 
@@ -108,10 +118,39 @@ def test_two_ranks_follow_the_one_process_run_to_rounding(data_dir, tmp_path):
 # ----------------------------------------------------- float32, Ray, run_grid
 EPOCHS = 8
 DIE_AT = 5  # rank 1 dies at the start of epoch 5, once
+# initial LR 0.05: the LR rises to 0.4 only at epoch 8, so every AALR comparison (epochs 1-7)
+# happens before float32 rounding is amplified into macroscopically different runs.
+OPTIONS = {"phase1_patience": 3, "lr": 0.05}
+LRS = [0.05] * 3 + [0.1] * 2 + [0.2] * 2 + [0.4]
+ACTIONS = ["continue", "continue", "save_best"] + ["continue", "save_best"] * 2  # epochs 1-7
+
+
+@pytest.fixture(scope="module")
+def one_worker(data_dir):
+    """The single-process run the data-parallel trial must follow: (run, rows)."""
+    run = TrainingRun(RunConfig(model="mnist1d-cnn", dataset="mnist1d", method="aalr", epochs=EPOCHS,
+                                data_dir=data_dir, method_options=OPTIONS))
+    return run, list(run)
+
+
+@pytest.mark.cpu_sensitive
+def test_the_one_worker_schedule_has_wide_margins(one_worker):
+    """The schedule the Ray test below compares with: every judged epoch of 1-7 beats
+    the best by at least 1 % (epoch 1, from theta_0 at LR 0.05; 15 % or more after), far
+    beyond the rounding of this run on any CPU (the kernels of ATEN_CPU_CAPABILITY=default
+    and avx2 give losses 1e-7 apart up to epoch 7)."""
+    run, rows = one_worker
+    assert [r["lr"] for r in rows] == LRS
+    assert [r["action"] for r in rows[:7]] == ACTIONS
+    best = run.initial_loss
+    for row in rows[:7]:
+        if row["phase"] == 1 or row["action"] == "save_best":  # the judged epochs
+            assert row["train_loss"] < 0.99 * best, row
+            best = row["train_loss"]
 
 
 @pytest.mark.ray
-def test_grid_with_two_workers_per_trial_matches_one_worker_and_resumes(local_ray, data_dir, tmp_path,
+def test_grid_with_two_workers_per_trial_matches_one_worker_and_resumes(local_ray, data_dir, one_worker, tmp_path,
                                                                         monkeypatch):
     import pyarrow.parquet as pq
     import yaml
@@ -119,13 +158,10 @@ def test_grid_with_two_workers_per_trial_matches_one_worker_and_resumes(local_ra
     from aalr_ray.runner import run_grid
     from aalr_ray.trainable import load_checkpoint_dir
 
-    # initial LR 0.05: the LR rises to 0.4 only at epoch 8, so every AALR comparison (epochs 1-7)
-    # happens before float32 rounding is amplified into macroscopically different runs.
-    options = {"phase1_patience": 3, "lr": 0.05}
     job = tmp_path / "ddp.yaml"
     job.write_text(yaml.safe_dump({
         "name": "ddp", "epochs": EPOCHS, "seeds": [0], "datasets": ["mnist1d"], "models": ["mnist1d-cnn"],
-        "methods": ["aalr"], "method_options": {"aalr": options}, "workers_per_trial": 2,
+        "methods": ["aalr"], "method_options": {"aalr": OPTIONS}, "workers_per_trial": 2,
         "resources": {"cpu": 1, "gpu": 0}}))
 
     marker, started = tmp_path / "died", tmp_path / "started"
@@ -164,22 +200,40 @@ def test_grid_with_two_workers_per_trial_matches_one_worker_and_resumes(local_ra
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
     assert trials[0]["status"] == "TERMINATED" and trials[0]["epochs_done"] == EPOCHS
 
-    one_worker = list(TrainingRun(RunConfig(model="mnist1d-cnn", dataset="mnist1d", method="aalr", epochs=EPOCHS,
-                                            data_dir=data_dir, method_options=options)))
-    assert set(one_worker[-1]) | {"epochs_done"} <= set(rows[-1])  # the single-process columns
-    assert [r["lr"] for r in rows] == [r["lr"] for r in one_worker] == [0.05] * 3 + [0.1] * 2 + [0.2] * 2 + [0.4]
-    assert [r["action"] for r in rows] == [r["action"] for r in one_worker]
+    _, single = one_worker
+    assert set(single[-1]) | {"epochs_done"} <= set(rows[-1])  # the single-process columns
+    # Epochs 1-7 decide with wide margins (test_the_one_worker_schedule_has_wide_margins). Epoch 8,
+    # at LR 0.4, is the run's last and is judged too, but its loss is not comparable (below), so
+    # neither is its action.
+    assert [r["lr"] for r in rows] == [r["lr"] for r in single] == LRS
+    assert [r["action"] for r in rows[:7]] == [r["action"] for r in single[:7]] == ACTIONS
     # Tolerance: DDP's mean of the two ranks' 64-example means is the 128-example mean, summed in
-    # another order; float32 rounding (1e-7, epoch 1) grows with the LR (measured: <1e-5 up to
-    # LR 0.1, 7e-3 after two epochs at 0.2, tens of percent at 0.4, where it is not compared).
-    assert relative(rows[0]["train_loss"], one_worker[0]["train_loss"]) < 1e-6
-    for mine, theirs in zip(rows[:7], one_worker[:7]):
-        assert relative(mine["train_loss"], theirs["train_loss"]) < 2e-2, mine["epoch"]
+    # another order. That float32 rounding (3e-7 at most in epoch 1) is amplified by training, in
+    # jumps, the more the higher the LR, by amounts that depend on the CPU's kernels. Measured
+    # (seeds 0-3, ATEN_CPU_CAPABILITY=default and avx2; 2 gloo ranks against 1 process): at most
+    # 3e-7 at LR 0.05 (epochs 1-3), 1e-3 at 0.1 (4-5), 2.5e-2 at 0.2 (6-7: seed 0, default), and
+    # 1-77 % at 0.4 (epoch 8), where it is not compared. A wrong shard or gradient average shows
+    # in epoch 1 already.
+    tolerance = [1e-6] + [1e-4] * 2 + [1e-2] * 2 + [0.1] * 2
+    for mine, theirs, tol in zip(rows, single, tolerance):
+        assert relative(mine["train_loss"], theirs["train_loss"]) < tol, (mine["epoch"], mine["train_loss"],
+                                                                          theirs["train_loss"])
 
     # Rank 0's checkpoints live in Ray Train's run directory inside the Tune trial directory.
-    (trial_dir,) = [d for d in Path(experiment).iterdir() if d.is_dir()]
+    # Ray Train keeps the newest num_to_keep=2 of the checkpoints it registered. A worker's
+    # report() writes its checkpoint to storage before it returns, but the controller registers
+    # it only when it next polls the workers (one report per poll), so the failed attempt's
+    # checkpoints after its last registered one, epochs trained[restart] to DIE_AT - 1, stay on
+    # disk unregistered and nothing deletes them (the retry writes those epochs anew). How many
+    # there are is the registration lag above: it depends on the machine's speed and load (0
+    # when idle here; 2 in a run where 4 directories were left), not on the training.
+    (trial_dir,) = [d for d in Path(experiment).iterdir() if (d / distributed.TRAIN_RUN_NAME).is_dir()]
     checkpoints = sorted(d for d in (trial_dir / distributed.TRAIN_RUN_NAME).glob("checkpoint_*") if d.is_dir())
-    assert 2 <= len(checkpoints) <= 3  # num_to_keep=2, plus one the failed attempt wrote but never registered
-    state, saved = load_checkpoint_dir(checkpoints[-1])  # names are timestamps
+    epochs = [checkpoint_epoch(d) for d in checkpoints]  # names are timestamps: oldest first
+    orphans = list(range(trained[restart], DIE_AT))
+    # (The last orphan may be absent or cut short if rank 0 was stopped while writing it.)
+    allowed = [orphans] + ([orphans[:-1], orphans[:-1] + [None]] if orphans else [])
+    assert epochs[-2:] == [EPOCHS - 1, EPOCHS] and epochs[:-2] in allowed, (epochs, trained)
+    state, saved = load_checkpoint_dir(checkpoints[-1])
     assert state["epoch"] == EPOCHS and [r["epoch"] for r in saved] == list(range(1, EPOCHS + 1))
     assert not any(k.startswith("module.") for k in state["model"])  # the bare model, as single-process runs save it

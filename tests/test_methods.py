@@ -12,8 +12,8 @@ from aalr_ray.methods import METHODS, Method, MethodError, build_method, method_
 
 N, BATCH, FEATURES, CLASSES = 256, 32, 10, 3
 STEPS = N // BATCH
-ALL = ["aalr", "aalr-robust", "adam", "clr", "dadapt", "dog", "plateau", "prodigy",
-       "schedule-free", "sgd-hd", "sgdr", "step"]
+ALL = ["aalr", "aalr-adam", "aalr-robust", "aalr-robust-adam", "adam", "clr", "dadapt", "dog", "plateau",
+       "prodigy", "schedule-free", "sgd-hd", "sgdr", "step"]
 PER_BATCH = {"clr", "dadapt", "dog", "prodigy", "sgd-hd", "sgdr"}  # the LR moves inside an epoch
 
 _gen = torch.Generator().manual_seed(0)
@@ -74,6 +74,9 @@ def test_registry_lists_every_method():
     assert method_names() == sorted(ALL) == sorted(METHODS)
 
 
+# Margins (measured under ATEN_CPU_CAPABILITY=default and avx2, which agree to 1e-7 here): the
+# 4th epoch's loss is 5-82 % below the 1st's (SGD-HD 5 %, DoG and D-Adapt 7-8 %).
+@pytest.mark.cpu_sensitive
 @pytest.mark.parametrize("name", ALL)
 def test_training_loss_falls_and_lr_is_positive(name):
     model, method = started(name)
@@ -239,6 +242,8 @@ def test_options_override_defaults():
     assert method.info["variant"] == "SGDN-HD"
 
 
+# Phase 1's two decisions: 0.90 < J(theta_0) = 1.11 (19 %), then 0.41 < 0.90 (55 %).
+@pytest.mark.cpu_sensitive
 @pytest.mark.parametrize("name", ["aalr", "aalr-robust"])
 def test_aalr_after_epoch_reports_its_state(name):
     model, method = started(name)

@@ -5,6 +5,8 @@ import io
 import pytest
 import torch
 
+import factories
+from aalr_ray.core import AALR
 from aalr_ray.data import load_dataset
 from aalr_ray.methods import method_names
 from aalr_ray.train import RunConfig, TrainingRun
@@ -25,18 +27,18 @@ def strip(rows):
     return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
 
 
-# DAdaptSGD at its documented defaults overshoots on this workload: its step
-# size estimate jumps from 1e-3 to about 40 within four epochs and the loss
-# stays at chance (measured with and without momentum and weight decay). The
-# strict xfail keeps that finding honest: a fix makes this test fail.
+# DAdaptSGD at its documented defaults overshoots on this workload (measured with
+# and without momentum and weight decay): it has its own test below. Whether its
+# loss, hovering at chance (ln 10 = 2.303), dips below the first epoch's is a
+# coin toss of the CPU's rounding, so it is not part of this one.
 DIVERGES_AT_DEFAULTS = {"dadapt"}
-LEARNING_METHODS = [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="DAdaptSGD diverges to chance here at its defaults"))
-    if m in DIVERGES_AT_DEFAULTS else m
-    for m in method_names()
-]
+LEARNING_METHODS = [m for m in method_names() if m not in DIVERGES_AT_DEFAULTS]
 
 
+# Margins (measured under ATEN_CPU_CAPABILITY=default and avx2): the best later epoch is 33-63 %
+# below the first epoch's loss, except DoG and SGD-HD, whose tiny initial steps lower it steadily
+# (by 5e-4 and 2e-4 relative after 5 epochs, while the two kernels' losses agree to 3e-7).
+@pytest.mark.cpu_sensitive
 @pytest.mark.parametrize("method", LEARNING_METHODS)
 def test_every_method_lowers_the_training_loss(method, mnist1d):
     run = TrainingRun(config(method, epochs=5), data=mnist1d)
@@ -47,11 +49,45 @@ def test_every_method_lowers_the_training_loss(method, mnist1d):
     assert 0.0 <= run.summary()["final_test_acc"] <= 1.0
 
 
+@pytest.mark.cpu_sensitive
+def test_dadapt_stays_at_chance_at_its_defaults(mnist1d):
+    """The finding, asserted with margins: D-Adaptation's step size jumps from about 1e-3
+    in the first epoch to 6 (SGD's is 0.1), and the network stays at chance (10 classes,
+    0.09-0.12) on the test set in every epoch; SGD with step decay reaches 46 % in these
+    5 epochs. A fix makes this test fail."""
+    rows = list(TrainingRun(config("dadapt", epochs=5), data=mnist1d))
+    lrs = [row["lr"] for row in rows]
+    assert lrs[0] < 0.01 and max(lrs) > 1.0, lrs
+    assert all(row["test_acc"] < 0.2 for row in rows), [row["test_acc"] for row in rows]
+
+
+# factories.cnn_nan_in_epochs outputs NaN in data epochs 2 and 9 (of seed 0); at the paper's
+# LR 0.1 with a 3-epoch phase 1 every other judged epoch beats the best by at least 1 %
+# (tests/test_equivalence.py has the schedule), so the rows pass through every action.
+ROW_ACTIONS = ["continue", "restore_initial", "continue", "continue", "save_best", "continue", "save_best",
+               "continue", "restore_best"]
+
+
+@pytest.mark.cpu_sensitive
 def test_aalr_rows_carry_the_controller_state(mnist1d):
-    rows = list(TrainingRun(config("aalr", epochs=12), data=mnist1d))
+    epochs = len(ROW_ACTIONS)
+    run = TrainingRun(RunConfig(model="factories:cnn_nan_in_epochs", dataset="mnist1d", method="aalr",
+                                epochs=epochs, seed=factories.NAN_SEED, method_options={"phase1_patience": 3}),
+                      data=mnist1d)
+    rows = list(run)
     assert {"phase", "patience", "best_loss", "action"} <= rows[0].keys()
-    assert rows[0]["phase"] == 1 and rows[-1]["phase"] == 2  # 10 epochs of phase 1 on this data
-    assert any(row["action"] == "save_best" for row in rows)
+    assert [row["action"] for row in rows] == ROW_ACTIONS
+    assert [row["epoch"] for row in rows if row["bad_loss"]] == [2, 9]
+    # Each row holds the LR its epoch used and the state after its decision: what a bare
+    # core fed the same losses holds.
+    core = AALR(epochs, phase1_patience=3)
+    core.start(run.initial_loss)
+    for row in rows:
+        assert row["lr"] == core.lr, row
+        action = core.step(row["train_loss"])
+        assert (row["action"], row["phase"], row["patience"], row["best_loss"]) == (
+            action.value, core.phase, core.patience, core.best_loss), row
+    assert rows[0]["phase"] == 1 and rows[-1]["phase"] == 2 and rows[-1]["patience"] == 2
 
 
 def test_same_seed_same_run_bit_for_bit(mnist1d):

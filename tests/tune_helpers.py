@@ -84,8 +84,10 @@ def pbt_style_trainable(config):
     """A trainable written for PBT, unaware of AALR: SGD at config["lr"], a checkpoint
     (model, optimizer, epoch) and the training loss every epoch, J(theta_0) first.
 
-    It builds the same pieces as aalr_ray's own run (ConvBase, MNIST-1D, SGD with
-    momentum 0.9 and weight decay 5e-4) so the test can compare the three paths.
+    It builds the same pieces as aalr_ray's own run (config["model"], default
+    mnist1d-cnn (ConvBase), MNIST-1D, SGD with momentum 0.9 and weight decay 5e-4)
+    so the test can compare the three paths; like TrainingRun it seeds torch with
+    epoch_seed(seed, epoch) before each epoch (0: the J(theta_0) pass).
     Its data epoch is config["aalr_epochs_done"] + 1 after a restart: the count of
     epochs trained, which a rollback does not rewind.
     """
@@ -102,7 +104,8 @@ def pbt_style_trainable(config):
     data = load_dataset("mnist1d", data_dir=config["data_dir"])
     spec = data.spec
     torch.manual_seed(config["seed"])
-    model = build_model("mnist1d-cnn", spec.num_classes, spec.input_shape, mean=spec.mean, std=spec.std)
+    model = build_model(config.get("model", "mnist1d-cnn"), spec.num_classes, spec.input_shape,
+                        mean=spec.mean, std=spec.std)
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9, weight_decay=5e-4)
     loss_fn = torch.nn.functional.cross_entropy
 
