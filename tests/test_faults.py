@@ -42,6 +42,8 @@ def test_interrupted_three_times_then_resumed_gives_every_row_once(tmp_path, dat
     assert "4 of 4 trials did not finish" in log and "continue with --resume" in log
     statuses = sorted(t["status"] for t in pq.read_table(experiment / "trials.parquet").to_pylist())
     assert statuses == ["PENDING", "PENDING", "UNFINISHED", "UNFINISHED"]
+    refused = subprocess.run(command, env=faults._env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "continue it with --resume" in refused.stderr  # no silent restart
 
     # 2. Resume; while it runs, a second driver is refused naming the first; then kill -9 the
     #    resumed driver and its Ray after two trials finished and two are mid-run.
@@ -58,6 +60,8 @@ def test_interrupted_three_times_then_resumed_gives_every_row_once(tmp_path, dat
     assert f"pid {driver.pid}" in errors[0] and socket.gethostname() in errors[0]
     faults.kill_tree(driver.pid)
     faults.finish(driver, tmp_path / "2.log", "kill -9", outcome)
+    finished = {name: n for name, n in faults.checkpoints(experiment).items() if n >= faults.EPOCHS}
+    assert len(finished) >= 2
 
     # 3. Resume, killed -9 between the two Parquet writes of the final collection.
     wrapper = [sys.executable, faults.__file__, "--die-in-collect", "SIGKILL", "--", *command[3:], "--resume"]
@@ -69,6 +73,8 @@ def test_interrupted_three_times_then_resumed_gives_every_row_once(tmp_path, dat
     assert (outcome.expected, outcome.present, outcome.duplicated, outcome.differing) == (16, 16, 0, 0)
     trials = pq.read_table(experiment / "trials.parquet").to_pylist()
     assert sorted(t["status"] for t in trials) == ["TERMINATED"] * 4
+    # Finished trials were not trained again (their newest checkpoint is still the same).
+    assert {name: faults.checkpoints(experiment)[name] for name in finished} == finished
     for log in ("2.log", "3.log", "4.log"):  # resumes are quiet about checkpoints Tune pruned
         assert "Error handling checkpoint" not in (tmp_path / log).read_text()
     # The live epochs.jsonl is in every trial directory, also for trials run in a reused actor.

@@ -1,10 +1,6 @@
-"""The grid runner end to end on a real local Ray: Parquet files, report, rerun, resume."""
+"""The grid runner end to end on a real local Ray: Parquet files, report, rerun (interruptions and
+resume: tests/test_faults.py)."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -99,43 +95,3 @@ def test_report_command_rewrites_the_report_from_parquet_alone(local_ray, data_d
     assert (moved / "report.md").exists() and (moved / "lr_mnist1d_natural.png").exists()
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert "no trials.parquet" in capsys.readouterr().err
-
-
-def test_interrupted_grid_resumes_without_rerunning_finished_trials(local_ray, data_dir, tmp_path):
-    # Seed 0 trains 2 epochs, seed 1 eight; the driver is interrupted in between.
-    job = write_job(tmp_path / "slow.yaml", name="slow", models=["factories:slow_mlp"], methods=["aalr"],
-                    epochs=8, overrides=[{"match": {"seed": 0}, "set": {"epochs": 2}}])
-    storage = tmp_path / "results"
-    experiment = storage / "slow"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "aalr_ray.cli", "grid", str(job), "--storage", str(storage), "--data-dir", data_dir]
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def counts():
-        found = checkpoints(experiment) if experiment.exists() else {}
-        return sorted(found.values())
-
-    deadline = time.time() + 240
-    while not (len(counts()) == 2 and counts()[0] == 2 and counts()[1] >= 3):
-        assert driver.poll() is None, driver.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)
-    output, _ = driver.communicate(timeout=180)
-    assert driver.returncode == 1, output
-    assert "continue with --resume" in output
-    trials = pq.read_table(experiment / "trials.parquet").to_pylist()
-    assert sorted(t["status"] for t in trials) == ["TERMINATED", "UNFINISHED"]
-    finished = {name: n for name, n in checkpoints(experiment).items() if "-s0_" in name}
-
-    result = subprocess.run(cmd[:-2], env=env, capture_output=True, text=True, timeout=300)
-    assert "--resume" in result.stderr and result.returncode == 2  # refuses without --resume
-    result = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    trials = pq.read_table(experiment / "trials.parquet").to_pylist()
-    assert all(t["status"] == "TERMINATED" for t in trials)
-    assert sorted(t["epochs_done"] for t in trials) == [2, 8]
-    assert {name: n for name, n in checkpoints(experiment).items() if "-s0_" in name} == finished
-    epochs = pq.read_table(experiment / "epochs.parquet").to_pylist()
-    long_trial = [r["epoch"] for r in epochs if r["seed"] == 1]
-    assert sorted(long_trial) == list(range(1, 9))  # every epoch once, across the interruption
