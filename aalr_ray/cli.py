@@ -2,6 +2,9 @@
 
 Bad input never reaches a traceback: it is one line on stderr naming the bad
 value and the valid choices, exit status 2, and no output file is created.
+
+Each command imports what it needs when it runs: ``aalr-ray report`` loads
+neither Ray nor torch, so it works where only the Parquet files and pyarrow are.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
+
+from .errors import describe, one_line
 
 __all__ = ["main"]
 
@@ -23,6 +29,36 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _DeferredParser(_Parser):
+    """A command's parser whose arguments are added when that command is parsed or its help shown.
+
+    Describing ``train``'s arguments lists the models, datasets and methods,
+    which imports torch; building every command's parser up front would make
+    ``aalr-ray report`` import it too.
+    """
+
+    def __init__(self, *args, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def _complete(self) -> None:
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
 
 
 def _choices(kind: str, value: str, valid: list[str], allow_import_path: bool = False) -> str:
@@ -84,20 +120,23 @@ def _format_row(row: dict, epochs: int) -> str:
 
 # ------------------------------------------------------------------- train
 def _train_parser(sub) -> None:
+    sub.add_parser(
+        "train", help="one training run, a progress line per epoch",
+        description="Train one model with one LR method; print a line per epoch and write the rows as JSON lines.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, add_arguments=_train_arguments)
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     from .data import AUGMENTATIONS, dataset_names, default_data_dir
     from .methods import method_names
     from .models import model_names
     from .train import EPOCH_LOSSES
 
-    p = sub.add_parser(
-        "train", help="one training run, a progress line per epoch",
-        description="Train one model with one LR method; print a line per epoch and write the rows as JSON lines.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(f"models:        {', '.join(model_names())}\n"
+    p.epilog = (f"models:        {', '.join(model_names())}\n"
                 f"datasets:      {', '.join(dataset_names())}\n"
                 f"methods:       {', '.join(method_names())}\n"
                 f"augmentations: {', '.join(AUGMENTATIONS)}\n"
-                "A model or dataset may also be an import path package.module:function."))
+                "A model or dataset may also be an import path package.module:function.")
     p.add_argument("--model", required=True, help="model name (see below)")
     p.add_argument("--dataset", required=True, help="dataset name (see below)")
     p.add_argument("--method", default="aalr", help="LR method (default: aalr)")
@@ -186,11 +225,6 @@ def _open_out(out: Path):
         raise UsageError(f"cannot write --out {str(out)!r}: {exc.strerror or type(exc).__name__}") from None
 
 
-def _one_line(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return " ".join(first.split())[:400] or type(exc).__name__
-
-
 def _run_train(args) -> int:
     from .data import DataError
     from .methods import MethodError
@@ -200,7 +234,7 @@ def _run_train(args) -> int:
     try:
         config = _train_config(args)
     except ValueError as exc:  # RunConfig's own checks (training mode, robust eval)
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(one_line(exc)) from None
     _check_options(config)
     out = Path(args.out) if args.out else None
     sink = _open_out(out) if out is not None else None
@@ -211,8 +245,7 @@ def _run_train(args) -> int:
         except (DataError, MethodError, ModelShapeError):
             raise
         except Exception as exc:  # noqa: BLE001 - a factory or data directory of the user's
-            raise UsageError(f"{type(exc).__name__}: {_one_line(exc)}" if not isinstance(exc, ValueError)
-                             else _one_line(exc)) from None
+            raise UsageError(one_line(exc) if isinstance(exc, ValueError) else describe(exc, 400)) from None
         spec = run.data.spec
         print(f"{config.method} on {config.model} / {config.dataset} {spec.input_shape}, {config.epochs} epochs, "
               f"seed {config.seed}, batch {config.batch_size}, device {run.device}", flush=True)
@@ -265,7 +298,7 @@ def _run_grid(args) -> int:
             print(f"aalr-ray: error: {' '.join(problem.split())}", file=sys.stderr)
         return 2
     except (GridRunError, StorageError) as exc:
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(one_line(exc)) from None
     if collected is not None:
         write_report(experiment)
     print_summary(experiment)
@@ -287,7 +320,7 @@ def _report_parser(sub) -> None:
 def _run_report(args) -> int:
     from . import storage
     from .report import ReportError, load_results, print_summary, write_report
-    from .runner import TRIALS_FILE
+    from .results import TRIALS_FILE
 
     experiment = args.experiment if "://" in args.experiment else str(Path(args.experiment).resolve())
     try:
@@ -295,20 +328,37 @@ def _run_report(args) -> int:
             raise UsageError(f"no {TRIALS_FILE} in {experiment}: not an experiment directory written by aalr-ray grid")
         results = load_results(experiment)  # both tables read and checked before anything is written
     except (ReportError, OSError, ValueError) as exc:
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(one_line(exc)) from None
     try:
         print(f"wrote {write_report(experiment, results)}")
     except OSError as exc:
-        raise UsageError(f"cannot write the report into {experiment}: {_one_line(exc)}") from None
+        raise UsageError(f"cannot write the report into {experiment}: {one_line(exc)}") from None
     print_summary(experiment, results=results)
     return 0
 
 
 # -------------------------------------------------------------------- main
+# The errors, besides UsageError, that mean bad input: (module, class). Their
+# modules import torch, so they are looked up only where already loaded: an
+# exception of a class whose module is not loaded cannot have been raised.
+_INPUT_ERRORS = (("aalr_ray.data.spec", "DataError"), ("aalr_ray.methods", "MethodError"),
+                 ("aalr_ray.models", "ModelShapeError"))
+
+
+def _is_bad_input(exc: Exception) -> bool:
+    if isinstance(exc, UsageError):
+        return True
+    for module_name, class_name in _INPUT_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="aalr-ray", description="Hyperparameter-free learning-rate tuning (AALR) on PyTorch and Ray Tune.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_DeferredParser)
     _train_parser(sub)
     _grid_parser(sub)
     _report_parser(sub)
@@ -322,13 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:  # argparse's own errors: unknown flag, not an integer, missing argument
         print(f"aalr-ray: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    from .data import DataError
-    from .methods import MethodError
-    from .models import ModelShapeError
-
     try:
         return args.func(args)
-    except (UsageError, DataError, MethodError, ModelShapeError) as exc:
+    except Exception as exc:
+        if not _is_bad_input(exc):
+            raise
         print(f"aalr-ray: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside Tune's own handling (Tune stops a running grid itself)

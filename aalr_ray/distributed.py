@@ -13,8 +13,8 @@ Ray Train reserves its own placement group of N workers with ``resources``
 (cpu, gpu) each; its controller actor takes 0 CPU. Limit ``max_concurrent``
 in the grid so that waiting drivers do not pile up.
 
-Each worker runs the single-process :class:`aalr_ray.train.TrainingRun` with
-its data-parallel hooks set:
+Each worker runs the single-process :class:`aalr_ray.train.TrainingRun`,
+built with its data-parallel hooks (``shard``, ``reduce_loss``, ``wrap_model``):
 
 * sharding: rank r trains examples r::N of every global batch of the
   (seed, epoch)-determined order, so the ranks together see exactly the
@@ -67,7 +67,7 @@ import torch
 import torch.distributed as dist
 
 from .data import Data
-from .train import RunConfig, TrainingRun
+from .train import RunConfig, TrainingRun, load_run_data, resolve_device
 
 __all__ = ["ddp_trainable_for", "train_worker", "data_parallel_run", "check_ranks_agree", "shard_size",
            "DRIVER_MEMORY", "TRAIN_RUN_NAME"]
@@ -125,21 +125,19 @@ def check_ranks_agree(run: TrainingRun, world_size: int) -> None:
 
 
 def data_parallel_run(run_config: RunConfig, rank: int, world_size: int, data: Data | None = None) -> TrainingRun:
-    """This rank's TrainingRun, its data-parallel hooks set; needs an initialised process group."""
-    run = TrainingRun(run_config, data)
-    examples, batch_size = run.data.num_examples("train"), run_config.batch_size
+    """This rank's TrainingRun, built with its data-parallel hooks; needs an initialised process group."""
+    data = data or load_run_data(run_config)
+    device = resolve_device(run_config.device)
+    examples, batch_size = data.num_examples("train"), run_config.batch_size
     count = shard_size(examples, batch_size, rank, world_size)
     if rank == 0 and (batch_size % world_size or examples % batch_size % world_size):
         warnings.warn(f"global batches do not split evenly over {world_size} workers: DDP's gradient "
                       "average then weighs the smaller shares' examples slightly more", stacklevel=1)
-    run.shard = (rank, world_size)
-    run.reduce_loss = lambda mean: _global_mean(mean, count, run.device)
-    run.train_model = torch.nn.parallel.DistributedDataParallel(
-        run.model, device_ids=[run.device] if run.device.type == "cuda" else None)
-    if run.make_inputs is not None:  # attacks run through the bare module: DDP expects one backward per forward
-        attack = run.make_inputs
-        run.make_inputs = lambda _model, x, y: attack(run.model, x, y)
-    return run
+    return TrainingRun(
+        run_config, data, shard=(rank, world_size),
+        reduce_loss=lambda mean: _global_mean(mean, count, device),
+        wrap_model=lambda model: torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None))
 
 
 def train_worker(config: dict) -> None:
@@ -186,13 +184,14 @@ def ddp_trainable_for(workers: int, resources: dict, *, worker_fn: Callable[[dic
 
     def aalr_ddp_trainable(config: dict) -> None:
         import ray.train
-        from ray.train._internal.session import get_session
         from ray.train.torch import TorchConfig, TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        # The Tune trial's own storage (private API; its public twin get_trial_dir() is a local
-        # staging path on S3 storage). A fixed name inside it makes a restarted trial resume.
-        storage = get_session().storage
+        from aalr_ray._ray_compat import trial_storage  # absolute: this function is pickled by value
+
+        # The Tune trial's own directory in the experiment storage (local or S3). A fixed
+        # name inside it makes a restarted trial resume.
+        filesystem, trial_path = trial_storage()
         trainer = TorchTrainer(
             worker_fn,
             train_loop_config=config,
@@ -201,8 +200,7 @@ def ddp_trainable_for(workers: int, resources: dict, *, worker_fn: Callable[[dic
                 num_workers=workers, use_gpu=bool(gpu),
                 resources_per_worker={"CPU": cpu, **({"GPU": gpu} if gpu else {})}),
             run_config=ray.train.RunConfig(
-                name=TRAIN_RUN_NAME, storage_path=storage.trial_fs_path,
-                storage_filesystem=storage.storage_filesystem,
+                name=TRAIN_RUN_NAME, storage_path=trial_path, storage_filesystem=filesystem,
                 # The worker only ever restores the latest checkpoint; two bound the disk.
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 # Worker failures fail the trial and Tune's FailureConfig retries it: one retry policy.

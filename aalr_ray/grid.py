@@ -19,48 +19,53 @@ Example (``jobs/quickstart.yaml``)::
     max_concurrent: 2
 
 The file is read by :mod:`aalr_ray.safeyaml` (``safe_load`` without anchors,
-aliases or repeated keys; at most 1 MB, 50 levels, 20,000 values). Each
-trial's config is then checked the way a run checks it (:class:`RunConfig`,
-every method option's type and range, the method built once on a tiny
-model), so a value an override sets is checked like the same value at the
-top level, and nothing that passes here fails every trial later. Import
-paths (``package.module:function``) are imported here: a grid file runs
-code in the driver, like a Python script.
+aliases or repeated keys; at most 1 MB, 50 levels, 20,000 values). Its
+structure is the pydantic model :class:`GridFile`: every key typed, unknown
+keys refused (``extra="forbid"``), every error collected with its key path and
+written here as one line of our own. What a schema cannot say is checked on
+top, per trial, the way a run checks it (:class:`RunConfig`, every method
+option's type and range against its method, model x dataset shapes, the
+method built once on a tiny model), so a value an override sets is checked
+like the same value at the top level, and nothing that passes here fails
+every trial later. Import paths (``package.module:function``, see
+:mod:`aalr_ray.imports`) are imported here: a grid file runs code in the
+driver, like a Python script.
+
+Importing this module loads neither torch nor Ray (the CLI and the report
+import it); validating a file imports torch, for the names and the checks.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
-import importlib
 import itertools
 import json
 import math
 import re
+import typing
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, ClassVar, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WrapValidator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from . import safeyaml
-from .attacks import AttackConfig
-from .controller import FINALS
 from .core import WINDOWS
-from .data import AUGMENTATIONS, builtin_input_shape, dataset_names, valid_augmentations
-from .methods import METHODS, OPTIMIZER_CHOICES, STEP_RECIPES, method_names, optimizer_problems
-from .models import ModelShapeError, check_input_shape, model_names
-from .train import EPOCH_LOSSES, ROBUST_EVAL_DEFAULTS, RunConfig
+from .errors import describe, one_line
+from .imports import ImportPathError, load_callable
 
-__all__ = ["Grid", "GridError", "load_grid", "parse_grid", "expand", "smoke_configs", "trial_name",
-           "option_problems", "TRIAL_KEYS", "SMOKE", "MAX_TRIALS"]
+__all__ = ["Grid", "GridError", "GridFile", "load_grid", "parse_grid", "expand", "smoke_configs", "trial_name",
+           "trial_count", "run_configs", "option_problems", "TRIAL_KEYS", "MATCH_KEYS", "OVERRIDE_KEYS", "SMOKE",
+           "MAX_TRIALS"]
 
 # Keys a trial config has, besides the run's own (RunConfig) fields.
 TRIAL_KEYS = ("trial_name",)
-# Keys include/exclude/overrides may match on.
-MATCH_KEYS = ("dataset", "model", "method", "seed", "batch_size", "augmentation", "weight_decay", "training")
-OVERRIDE_KEYS = ("epochs", "batch_size", "weight_decay", "method_options", "augmentation")
 # --smoke: the grid, shrunk to a covering set on tiny data (see smoke_configs).
-SMOKE = {"epochs": 2, "batch_size": 4, "train_limit": 4, "test_limit": 4, "robust_subset": 4, "attack_steps": 2}
+SMOKE = {"epochs": 2, "batch_size": 2, "train_limit": 2, "test_limit": 2, "robust_subset": 2, "attack_steps": 2}
 
 # Ranges. A name is one path component under --storage; numbers beyond these
 # are typos or would wait forever for resources no machine has.
@@ -108,19 +113,13 @@ class Grid:
     override_paths: list[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------ checking
+# ------------------------------------------------------------------ messages
 def _r(value: Any, limit: int = 80) -> str:
     """A value for a message: its repr, cut to ``limit`` characters (one line: repr escapes newlines)."""
     try:
         text = repr(value)
     except Exception:  # noqa: BLE001 - a value from YAML always has a repr; be sure anyway
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _text(message: Any, limit: int = 300) -> str:
-    """An exception's message as one line of at most ``limit`` characters."""
-    text = " ".join(str(message).split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -148,154 +147,455 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class _Checker:
-    """Collects problems instead of stopping at the first."""
+class _Problems:
+    """The lines of a GridError, each said once (many trials share one problem)."""
 
     def __init__(self, source: str):
         self.source = source
-        self.problems: list[str] = []
-        self._seen: set[str] = set()
+        self.lines: list[str] = []
 
     def add(self, path: str, message: str) -> None:
-        line = " ".join(f"{self.source}: {path}: {message}".split())[:_MESSAGE_CHARS]  # one line, whatever the input
-        if line not in self._seen:  # many trials share one problem: say it once
-            self._seen.add(line)
-            self.problems.append(line)
-
-    def typed(self, path: str, value: Any, kind: type | tuple, what: str) -> bool:
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in _as_tuple(kind))
-        if not ok:
-            self.add(path, f"expected {what}, got {_r(value)}")
-        return ok
-
-    def positive_int(self, path: str, value: Any, maximum: int = MAX_INT) -> bool:
-        if not _is_int(value) or value <= 0:
-            self.add(path, f"expected a positive integer, got {_r(value)}{_number_hint(value)}")
-            return False
-        if value > maximum:
-            self.add(path, f"expected a positive integer of at most {maximum}, got {_r(value)}")
-            return False
-        return True
-
-    def name_list(self, path: str, value: Any, valid: list[str], what: str, import_path: bool = False) -> list:
-        items = value if isinstance(value, list) else None
-        if items is None or not items:
-            self.add(path, f"expected a non-empty list of {what} names, got {_r(value)}")
-            return []
-        good = []
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                self.add(f"{path}[{i}]", f"expected a {what} name, got {_r(item)}")
-            elif item in good:
-                self.add(f"{path}[{i}]", f"{_r(item)} is listed twice")
-            elif item in valid:
-                good.append(item)
-            elif import_path and ":" in item:
-                if self._importable(f"{path}[{i}]", item):
-                    good.append(item)
-            else:
-                extra = " (or an import path package.module:function)" if import_path else ""
-                self.add(f"{path}[{i}]", f"unknown {what} {_r(item)}; choose from: {', '.join(valid)}{extra}")
-        return good
-
-    def _importable(self, path: str, target: str) -> bool:
-        module, _, attr = target.partition(":")
-        if not re.fullmatch(r"[A-Za-z_][\w.]*", module) or not re.fullmatch(r"[A-Za-z_]\w*", attr):
-            self.add(path, f"expected an import path package.module:function, got {_r(target)}")
-            return False
-        try:  # the module's own code runs here: anything may go wrong in it
-            obj = getattr(importlib.import_module(module), attr)
-        except (Exception, SystemExit) as exc:  # noqa: BLE001
-            first = (str(exc).strip().splitlines() or [""])[0]
-            self.add(path, f"cannot import {_r(target)}: {type(exc).__name__}: {_text(first, 200)}")
-            return False
-        if not callable(obj):
-            self.add(path, f"{_r(target)} is not callable")
-            return False
-        return True
+        line = one_line(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}", _MESSAGE_CHARS)
+        if line not in self.lines:
+            self.lines.append(line)
 
 
-def _as_tuple(kind) -> tuple:
-    return kind if isinstance(kind, tuple) else (kind,)
+# ------------------------------------------------ pydantic errors of our own
+# Every check below raises its problem as one PydanticCustomError of this type;
+# the text travels in ctx, so braces in a quoted value are never a template.
+_PROBLEM = "grid_problem"
 
 
-_FIELDS = {
-    "name": f"experiment name: 1-{NAME_MAX} letters, digits, '.', '_' or '-'",
-    "epochs": "epochs per trial",
-    "seeds": "a count n (seeds 0..n-1) or a list of integers",
-    "datasets": "list of dataset names",
-    "models": "list of model names",
-    "methods": "list of method names, or 'all'",
-    "batch_sizes": "list of batch sizes (default [128])",
-    "augmentations": "list of augmentations (default [none])",
-    "weight_decay": "a number or a list (default 5e-4)",
-    "training": "list of training modes: natural | fgsm | pgd, as strings or mappings",
-    "robust_eval": "mapping of FGSM/PGD evaluation settings",
-    "method_options": "mapping method -> mapping of option overrides",
-    "epoch_loss": "train-mean | clean-pass",
-    "device": "auto | cpu | cuda | cuda:N",
-    "resources": "mapping cpu, gpu per trial",
-    "max_concurrent": "trials running at once",
-    "workers_per_trial": "data-parallel workers per trial (Ray Train, DDP); default 1",
-    "include": "list of mappings; keep only trials matching one",
-    "exclude": "list of mappings; drop trials matching one",
-    "overrides": "list of {match: mapping, set: mapping}",
-}
-_REQUIRED = ("name", "epochs", "datasets", "models", "methods")
+def _refusal(message: str) -> PydanticCustomError:
+    return PydanticCustomError(_PROBLEM, "{problem}", {"problem": message})
 
 
-def _weight_decay_problem(value: Any) -> str | None:
+def _refuse(message: str) -> NoReturn:
+    raise _refusal(message)
+
+
+def _refuse_all(problems: list[tuple[tuple, str]], value: Any) -> NoReturn:
+    """Several problems from one validator, each at its own place (loc) below the value it checked;
+    pydantic prefixes each loc with the field's."""
+    raise ValidationError.from_exception_data(
+        "grid", [InitErrorDetails(type=_refusal(message), loc=loc, input=value) for loc, message in problems])
+
+
+def _loc_key(key: Any) -> str:
+    """A mapping key in a loc (pydantic takes str or int; an int there reads as a list index)."""
+    return key if isinstance(key, str) else _r(key, 60)
+
+
+# ------------------------------------------------------------- value checks
+# PlainValidators: each takes the raw YAML value and returns it, or refuses it
+# in our words (pydantic's own coercion would accept "3" for 3 and 1 for true).
+def _check_positive_int(value: Any, maximum: int = MAX_INT) -> int:
+    if not _is_int(value) or value <= 0:
+        _refuse(f"expected a positive integer, got {_r(value)}{_number_hint(value)}")
+    if value > maximum:
+        _refuse(f"expected a positive integer of at most {maximum}, got {_r(value)}")
+    return value
+
+
+PositiveInt = Annotated[int, PlainValidator(_check_positive_int)]
+
+
+def _experiment_name(value: Any) -> str:
+    if not isinstance(value, str):
+        _refuse(f"expected a string, got {_r(value)}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,%d}" % NAME_MAX, value) or value in (".", ".."):
+        _refuse(f"expected one path component of 1-{NAME_MAX} letters, digits, '.', '_' or '-' "
+                f"(not '.' or '..'), got {_r(value)}")
+    return value
+
+
+def _registered(what: str) -> list[str]:
+    """The registered names of ``what``; their modules import torch, so they are asked when a file is
+    validated, never when this module is imported."""
+    from . import data, methods, models
+
+    return {"dataset": data.dataset_names, "model": models.model_names, "method": methods.method_names,
+            "augmentation": lambda: list(data.AUGMENTATIONS)}[what]()
+
+
+def _known_name(what: str, import_path: bool = False) -> PlainValidator:
+    """A registered ``what`` name or, where ``import_path``, a callable's import path (imported here)."""
+    article = "an" if what[0] in "aeiou" else "a"
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            _refuse(f"expected {article} {what} name, got {_r(value)}")
+        if value in _registered(what):
+            return value
+        if import_path and ":" in value:
+            try:
+                load_callable(value, what)
+            except ImportPathError as exc:
+                _refuse(one_line(exc))
+            return value
+        extra = " (or an import path package.module:function)" if import_path else ""
+        _refuse(f"unknown {what} {_r(value)}; choose from: {', '.join(_registered(what))}{extra}")
+
+    return PlainValidator(check)
+
+
+def _seed(value: Any) -> int:
+    if not _is_int(value) or not 0 <= value <= MAX_SEED:
+        _refuse(f"expected an integer seed in 0..2**63-1, got {_r(value)}")
+    return value
+
+
+def _weight_decay(value: Any) -> float:
     if not _is_real(value) or value < 0:
-        return f"expected a finite number >= 0, got {_r(value)}{_number_hint(value)}"
+        _refuse(f"expected a finite number >= 0, got {_r(value)}{_number_hint(value)}")
+    return float(value)
+
+
+def _attack(mode: Any):
+    from .attacks import AttackConfig
+
+    return AttackConfig.parse(mode)
+
+
+def _training_mode(value: Any) -> Any:
+    try:
+        _attack(value)
+    except (ValueError, TypeError) as exc:
+        _refuse(one_line(exc, 300))
+    return value
+
+
+def _epoch_loss(value: Any) -> str:
+    from .train import EPOCH_LOSSES
+
+    if not isinstance(value, str) or value not in EPOCH_LOSSES:
+        _refuse(f"unknown value {_r(value)}; choose from: {', '.join(EPOCH_LOSSES)}")
+    return value
+
+
+def _device(value: Any) -> str:
+    if not (isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?|mps", value)):
+        _refuse(f"unknown device {_r(value)}; choose from: auto, cpu, cuda, cuda:N, mps")
+    return value
+
+
+def _resource(key: str) -> PlainValidator:
+    top, low = MAX_RESOURCES[key], ("> 0" if key == "cpu" else ">= 0")
+
+    def check(value: Any) -> float:
+        if not (_is_real(value) and (value > 0 if key == "cpu" else value >= 0) and value <= top):
+            _refuse(f"expected a finite number {low} and <= {top} (fractions share a device), got {_r(value)}")
+        if value > 1 and value != int(value):
+            _refuse(f"a request above 1 must be a whole number (Ray's rule), got {_r(value)}")
+        return value
+
+    return PlainValidator(check)
+
+
+def _options_mapping(value: Any) -> dict:
+    """An override's method_options: which options are valid depends on the matched trials' method,
+    so they are checked per trial (_check_options)."""
+    if not isinstance(value, dict):
+        _refuse(f"expected a mapping of options of the matched trials' method, got {_r(value)}")
+    return value
+
+
+def _method_options(value: Any) -> dict:
+    """method -> options; each option checked against its method (option_problems): a mapping
+    whose valid keys depend on another key is beyond a static schema."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _refuse(f"expected a mapping method -> options, got {_r(value)}")
+    problems = []
+    for method, options in value.items():
+        if method not in _registered("method"):
+            problems.append(((_loc_key(method),), f"unknown method; choose from: {', '.join(_registered('method'))}"))
+            continue
+        problems += [((method, _loc_key(key)) if key != "" else (method,), problem)
+                     for key, problem in option_problems(method, options)]
+    if problems:
+        _refuse_all(problems, value)
+    return value
+
+
+# ------------------------------------------------------------- list checks
+# WrapValidators around a list field: pydantic checks the items (each with its
+# index in the key path); these add what concerns the list as a whole.
+def _distinct_list(expected: str, key: Callable[[Any], Any] = lambda item: item,
+                   twice: str = "is listed twice") -> WrapValidator:
+    """A non-empty list; an item equal (by ``key``) to an earlier one is refused at its index,
+    together with the items' own problems."""
+
+    def check(value: Any, handler) -> list:
+        if not isinstance(value, list) or not value:
+            _refuse(f"expected {expected}, got {_r(value)}")
+        problems: list[tuple[tuple, str]] = []
+        items = None
+        try:
+            items = handler(value)
+        except ValidationError as exc:
+            problems = [(error["loc"], _message(error)) for error in exc.errors()]
+        failed = {loc[0] for loc, _ in problems if loc}
+        seen = set()
+        for i, item in enumerate(value):
+            if i in failed:
+                continue
+            identity = key(item)
+            if identity in seen:
+                problems.append(((i,), f"{_r(item)} {twice}"))
+            seen.add(identity)
+        if problems:
+            _refuse_all(problems, value)
+        return items
+
+    return WrapValidator(check)
+
+
+def _seed_count(value: Any, handler) -> list[int]:
+    """``seeds: 3`` means seeds 0, 1, 2."""
+    if _is_int(value):
+        return list(range(_check_positive_int(value, maximum=MAX_TRIALS)))
+    return handler(value)
+
+
+def _all_methods(value: Any, handler) -> list[str]:
+    """``methods: all``."""
+    return _registered("method") if value == "all" else handler(value)
+
+
+def _one_or_more(value: Any, handler) -> list[float]:
+    """``weight_decay: 5e-4`` is a list of one; its problem is at ``weight_decay``, not ``weight_decay[0]``."""
+    return handler(value) if isinstance(value, list) else [_weight_decay(value)]
+
+
+# ------------------------------------------------------------------- schema
+class _Schema(BaseModel):
+    """A mapping of the grid file: unknown keys refused, every problem collected."""
+
+    model_config = ConfigDict(extra="forbid")
+    # How a key that is not a field is refused; the fields follow.
+    unknown_key_text: ClassVar[str] = "unknown key; choose from"
+    # Whether {} is refused: a filter that matches every trial, an override that sets nothing.
+    may_be_empty: ClassVar[bool] = True
+
+    @classmethod
+    def keys(cls) -> dict[str, Any]:
+        """Each key as the file spells it (an alias where the field's name is a builtin) -> its FieldInfo."""
+        return {info.alias or name: info for name, info in cls.model_fields.items()}
+
+    def given(self) -> dict:
+        """The keys the file gave, as it spelled them."""
+        return self.model_dump(exclude_unset=True, by_alias=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_empty(cls, data: Any) -> Any:
+        if not cls.may_be_empty and isinstance(data, dict) and not data:
+            _refuse(f"expected a non-empty mapping of {', '.join(cls.keys())}, got {{}}")
+        return data
+
+
+class Resources(_Schema):
+    """Per trial; fractions share a device."""
+
+    unknown_key_text: ClassVar[str] = "unknown resource; choose from"
+    cpu: Annotated[float, _resource("cpu")] = 1
+    gpu: Annotated[float, _resource("gpu")] = 0
+
+
+class RobustEval(_Schema):
+    """FGSM/PGD evaluation settings; what is left out takes train.ROBUST_EVAL_DEFAULTS."""
+
+    eps: Any = None
+    alpha: Any = None
+    pgd_steps: Any = None
+    subset: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _as_a_run_takes_them(self) -> RobustEval:
+        from .train import RunConfig
+
+        try:
+            RunConfig(model="mlp", dataset="digits", method="aalr", epochs=1, robust_eval=self.given())
+        except (ValueError, TypeError) as exc:
+            _refuse(one_line(exc, 300))
+        return self
+
+
+class Match(_Schema):
+    """Trials whose fields equal all of these (``training`` also matches by mode name: fgsm)."""
+
+    may_be_empty: ClassVar[bool] = False
+
+    dataset: Any = None
+    model: Any = None
+    method: Any = None
+    seed: Any = None
+    batch_size: Any = None
+    augmentation: Any = None
+    weight_decay: Any = None
+    training: Any = None
+
+
+class OverrideSet(_Schema):
+    """What an override sets, checked like the same key at the top level (method_options per trial)."""
+
+    unknown_key_text: ClassVar[str] = "cannot override; choose from"
+    may_be_empty: ClassVar[bool] = False
+    # None: not set (given() leaves it out); a null in the file is refused like any wrong value.
+    epochs: PositiveInt = None
+    batch_size: PositiveInt = None
+    weight_decay: Annotated[float, PlainValidator(_weight_decay)] = None
+    method_options: Annotated[dict, PlainValidator(_options_mapping)] = None
+    augmentation: Annotated[str, _known_name("augmentation")] = None
+
+
+class Override(_Schema):
+    """One entry of ``overrides``."""
+
+    match: Match = Field(description="a mapping: the trials to change")
+    values: OverrideSet = Field(alias="set", description="a mapping: what to set in them")
+
+
+MATCH_KEYS = tuple(Match.keys())  # the keys include/exclude/overrides may match on
+OVERRIDE_KEYS = tuple(OverrideSet.keys())
+
+
+def _names(what: str, import_path: bool = False, shorthand: str = "") -> Any:
+    """The type of a non-empty list of distinct ``what`` names."""
+    return Annotated[list[Annotated[str, _known_name(what, import_path)]],
+                     _distinct_list(f"a non-empty list of {what} names{shorthand}")]
+
+
+# The axes' types (the outermost WrapValidator runs first: it turns a shorthand into a list).
+DatasetNames = _names("dataset", import_path=True)
+ModelNames = _names("model", import_path=True)
+MethodNames = Annotated[_names("method", shorthand=", or 'all'"), WrapValidator(_all_methods)]
+AugmentationNames = _names("augmentation")
+Seeds = Annotated[list[Annotated[int, PlainValidator(_seed)]],
+                  _distinct_list("a count n (seeds 0..n-1) or a list of integers"), WrapValidator(_seed_count)]
+BatchSizes = Annotated[list[PositiveInt], _distinct_list("a non-empty list of positive integers")]
+WeightDecays = Annotated[list[Annotated[float, PlainValidator(_weight_decay)]],
+                         _distinct_list("a number or a non-empty list of numbers", key=float),
+                         WrapValidator(_one_or_more)]
+TrainingModes = Annotated[list[Annotated[Any, PlainValidator(_training_mode)]],
+                          _distinct_list("a non-empty list of training modes", key=_attack,
+                                         twice="is the same training mode as an earlier entry")]
+WorkerCount = Annotated[int, PlainValidator(functools.partial(_check_positive_int, maximum=MAX_WORKERS))]
+
+
+class GridFile(_Schema):
+    """A grid file. Defaults are Grid's; ``seeds``, ``methods`` and ``weight_decay`` also take a
+    shorthand (a count, ``all``, one number)."""
+
+    unknown_key_text: ClassVar[str] = "unknown key; valid keys"
+    name: Annotated[str, PlainValidator(_experiment_name)] = Field(
+        description=f"experiment name: 1-{NAME_MAX} letters, digits, '.', '_' or '-'")
+    epochs: PositiveInt = Field(description="epochs per trial")
+    seeds: Seeds = Field([0], description="a count n (seeds 0..n-1) or a list of integers")
+    datasets: DatasetNames = Field(description="list of dataset names")
+    models: ModelNames = Field(description="list of model names")
+    methods: MethodNames = Field(description="list of method names, or 'all'")
+    batch_sizes: BatchSizes = Field([128], description="list of batch sizes")
+    augmentations: AugmentationNames = Field(["none"], description="list of augmentations")
+    weight_decay: WeightDecays = Field([5e-4], description="a number or a list")
+    training: TrainingModes = Field(["natural"], description="list of training modes: natural | fgsm | pgd, "
+                                                             "as strings or mappings")
+    robust_eval: RobustEval | None = Field(None, description="mapping of FGSM/PGD evaluation settings")
+    method_options: Annotated[dict, PlainValidator(_method_options)] = Field(
+        {}, description="mapping method -> mapping of option overrides")
+    epoch_loss: Annotated[str, PlainValidator(_epoch_loss)] = Field("train-mean", description="train-mean | clean-pass")
+    device: Annotated[str, PlainValidator(_device)] = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    resources: Resources = Field(default_factory=Resources, description="mapping cpu, gpu per trial")
+    max_concurrent: PositiveInt | None = Field(None, description="trials running at once")
+    workers_per_trial: WorkerCount = Field(1, description="data-parallel workers per trial (Ray Train, DDP)")
+    include: list[Match] = Field([], description="a list of mappings; keep only trials matching one")
+    exclude: list[Match] = Field([], description="a list of mappings; drop trials matching one")
+    overrides: list[Override] = Field([], description="a list of {match: mapping, set: mapping}")
+
+
+# ------------------------------------------------- pydantic errors -> lines
+def _schema_in(annotation: Any) -> type[_Schema] | None:
+    """The schema an annotation holds: Match for list[Match], RobustEval for RobustEval | None."""
+    if isinstance(annotation, type) and issubclass(annotation, _Schema):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _schema_in(arg)
+        if found is not None:
+            return found
     return None
 
 
-def _number_list(check: _Checker, path: str, value: Any) -> list[float]:
-    if isinstance(value, list) and not value:
-        check.add(path, "expected a number or a non-empty list of numbers, got []")
-    items = value if isinstance(value, list) else [value]
-    good = []
-    for i, item in enumerate(items):
-        where = f"{path}[{i}]" if isinstance(value, list) else path
-        problem = _weight_decay_problem(item)
-        if problem:
-            check.add(where, problem)
-        elif float(item) in good:
-            check.add(where, f"{_r(item)} is listed twice")
-        else:
-            good.append(float(item))
-    return good
-
-
-def _match_list(check: _Checker, path: str, value: Any) -> list[dict]:
-    if not isinstance(value, list):
-        check.add(path, f"expected a list of mappings, got {_r(value)}")
-        return []
-    good = []
-    for i, entry in enumerate(value):
-        if not isinstance(entry, dict) or not entry:
-            check.add(f"{path}[{i}]", f"expected a non-empty mapping of {', '.join(MATCH_KEYS)}, got {_r(entry)}")
+def _schema_at(loc: tuple) -> type[_Schema] | None:
+    """The schema of the mapping at ``loc`` in the file (GridFile at ()), or None if it is not one."""
+    schema: type[_Schema] | None = GridFile
+    for part in loc:
+        if isinstance(part, int):  # an item of a list of mappings: the same schema
             continue
-        bad = [k for k in entry if k not in MATCH_KEYS]
-        for key in bad:
-            check.add(f"{path}[{i}].{_k(key)}", f"unknown key; choose from: {', '.join(MATCH_KEYS)}")
-        if not bad:
-            good.append(entry)
-    return good
+        info = schema.keys().get(part)
+        schema = _schema_in(info.annotation) if info is not None else None
+        if schema is None:
+            return None
+    return schema
+
+
+def _path(loc: tuple) -> str:
+    """``("overrides", 0, "set", "epochs")`` -> ``overrides[0].set.epochs``."""
+    path = ""
+    for part in loc:
+        if _is_int(part):
+            path += f"[{part}]"
+        elif part != "[key]":  # pydantic's marker for a problem with a mapping's key
+            path += ("." if path else "") + _k(part)
+    return path
+
+
+def _message(error: dict) -> str:
+    """One pydantic error in our words: the key path is said by the caller."""
+    kind, loc, value = error["type"], error["loc"], error.get("input")
+    if kind == _PROBLEM:
+        return error["ctx"]["problem"]
+    parent = _schema_at(loc[:-1]) if loc else None
+    if kind in ("extra_forbidden", "invalid_key") and parent is not None:
+        return f"{parent.unknown_key_text}: {', '.join(parent.keys())}"
+    info = parent.keys().get(loc[-1]) if parent is not None else None
+    if kind == "missing" and info is not None:
+        return f"missing ({info.description})"
+    schema = _schema_at(loc)
+    if kind in ("model_type", "model_attributes_type", "dict_type") and schema is not None:
+        return f"expected a mapping of {', '.join(schema.keys())}, got {_r(value)}"
+    if info is not None and info.description:
+        return f"expected {info.description}, got {_r(value)}"
+    return f"{one_line(error['msg'], 200)}, got {_r(value)}"
+
+
+def _error_path(error: dict) -> str:
+    loc = error["loc"]
+    if error["type"] == "invalid_key":  # pydantic writes the key as str(key): say it as given
+        return ".".join(p for p in (_path(loc[:-1]), _k(error["input"])) if p)
+    return _path(loc)
 
 
 # ------------------------------------------------------------ method options
 # Each option takes what its default's type says (an int where a float is
 # expected, never a bool for a number, a bool only where the default is one),
 # narrowed to the values the method really accepts.
-_OPTION_CHOICES = {
-    "window": WINDOWS,  # aalr_ray/core.py
-    "final": FINALS,  # aalr_ray/controller.py
-    "recipe": ("auto", *sorted(STEP_RECIPES)),
-    "mode": ("triangular", "triangular2", "exp_range"),  # torch CyclicLR
-    "threshold_mode": ("rel", "abs"),  # torch ReduceLROnPlateau
-    "schedule": ("cosine", "none"),
-}
+@functools.cache
+def _option_choices() -> dict[str, tuple]:
+    from .controller import FINALS
+    from .methods import STEP_RECIPES
+
+    return {
+        "window": WINDOWS,  # aalr_ray/core.py
+        "final": FINALS,  # aalr_ray/controller.py
+        "recipe": ("auto", *sorted(STEP_RECIPES)),
+        "mode": ("triangular", "triangular2", "exp_range"),  # torch CyclicLR
+        "threshold_mode": ("rel", "abs"),  # torch ReduceLROnPlateau
+        "schedule": ("cosine", "none"),
+    }
+
+
 # > 0 (the others >= 0): step sizes, scales, and counts that must be at least 1.
 _OPTION_POSITIVE = {"lr", "base_lr", "max_lr", "d_coef", "d0", "reps_rel", "T_0", "T_mult", "phase1_patience",
                     "step_size_epochs"}
@@ -304,28 +604,29 @@ _OPTION_REAL = {"step_size_epochs"}
 # Options whose default is None: what they take besides null.
 _OPTION_NONE_DEFAULT = {"lr": "number", "momentum": "number", "gamma": "number", "reps_rel": "number",
                         "nesterov": "bool", "milestones": "fractions", "best_path": "path"}
-
-
 # The AALR methods' optimizer (aalr_ray/methods.py): the types here; which names import and
 # which options the chosen optimizer takes are checked together in option_problems.
-_OPTION_OPTIMIZER = {
-    "optimizer": (f"a string: {OPTIMIZER_CHOICES}", lambda v: isinstance(v, str)),
-    "optimizer_options": ("a mapping of the optimizer's own keyword options",
-                          lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v) and _jsonable(v)),
-}
+_OPTIMIZER_KEYS = ("optimizer", "optimizer_options")
 
 
-def _option_rule(method: str, key: str) -> tuple[str, Callable[[Any], bool]]:
-    """(what option ``key`` of ``method`` takes, a test of a value)."""
-    default = METHODS[method].defaults[key]
-    if key in _OPTION_OPTIMIZER:
-        return _OPTION_OPTIMIZER[key]
+def _optimizer_rule(key: str) -> tuple[str, Callable[[Any], bool]]:
+    if key == "optimizer":
+        from .methods import OPTIMIZER_CHOICES
+
+        return f"a string: {OPTIMIZER_CHOICES}", lambda v: isinstance(v, str)
+    return ("a mapping of the optimizer's own keyword options",
+            lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v) and _jsonable(v))
+
+
+def _option_rule(default: Any, key: str) -> tuple[str, Callable[[Any], bool]]:
+    """(what option ``key`` with this default takes, a test of a value)."""
+    if key in _OPTIMIZER_KEYS:
+        return _optimizer_rule(key)
     if default is None:
-        kind = _OPTION_NONE_DEFAULT.get(key, "any")
-        what, test = _option_kind_rule(kind, key)
+        what, test = _option_kind_rule(_OPTION_NONE_DEFAULT.get(key, "any"), key)
         return f"{what}, or null", lambda v: v is None or test(v)
-    if key in _OPTION_CHOICES:
-        choices = _OPTION_CHOICES[key]
+    choices = _option_choices().get(key)
+    if choices is not None:
         return f"one of: {', '.join(choices)}", lambda v: isinstance(v, str) and v in choices
     if isinstance(default, bool):
         return _option_kind_rule("bool", key)
@@ -372,22 +673,23 @@ def _jsonable(value: Any) -> bool:
 def option_problems(method: str, options: Any) -> list[tuple[str, str]]:
     """(option, problem) for every option of ``options`` that ``method`` does not take
     (option "" when ``options`` is not a mapping at all)."""
+    from .methods import METHODS, optimizer_problems
+
     if not isinstance(options, dict):
         return [("", f"expected a mapping of options, got {_r(options)}")]
-    spec = METHODS[method]
+    defaults = METHODS[method].defaults
     problems = []
     for key, value in options.items():
-        if key not in spec.defaults:
-            problems.append((key, f"unknown option; choose from: "
-                                      f"{', '.join(sorted(spec.defaults)) or '(none)'}"))
+        if key not in defaults:
+            problems.append((key, f"unknown option; choose from: {', '.join(sorted(defaults)) or '(none)'}"))
             continue
-        what, test = _option_rule(method, key)
+        what, test = _option_rule(defaults[key], key)
         if not test(value):
             problems.append((key, f"expected {what}, got {_r(value)}{_number_hint(value)}"))
     # Which optimizer options are valid depends on the optimizer: check them together, once each
     # alone is well typed (building it on a dummy parameter needs torch, never Ray).
-    if "optimizer" in spec.defaults and not {k for k, _ in problems} & {"lr", "momentum", *_OPTION_OPTIMIZER}:
-        problems += optimizer_problems({**spec.defaults, **options})
+    if "optimizer" in defaults and not {k for k, _ in problems} & {"lr", "momentum", *_OPTIMIZER_KEYS}:
+        problems += optimizer_problems({**defaults, **options})
     return problems
 
 
@@ -403,255 +705,102 @@ def _build_problem(method: str, options_json: str, model_name: str, epochs: int,
         build_method(method, torch.nn.Linear(2, 2), epochs=epochs, steps_per_epoch=1, model_name=model_name,
                      weight_decay=weight_decay, options=json.loads(options_json))
     except Exception as exc:  # noqa: BLE001 - any error here is the options' fault
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return f"method {method!r} does not build with these options: {type(exc).__name__}: {_text(first)}"
+        return f"method {method!r} does not build with these options: {describe(exc, 300)}"
     return None
 
 
 # ------------------------------------------------------------------ parsing
-def _parse_name(check: _Checker, raw: dict) -> str:
-    name = raw.get("name", "grid")
-    if "name" in raw and check.typed("name", name, str, "a string"):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,%d}" % NAME_MAX, name) or name in (".", ".."):
-            check.add("name", f"expected one path component of 1-{NAME_MAX} letters, digits, '.', '_' or '-' "
-                              f"(not '.' or '..'), got {_r(name)}")
-    return name
+# After a failed validation, the valid part of the file is validated once more
+# and its trials checked too, so that one run reports every problem. What goes
+# with a problem: the list item or the mapping key at depth 2, except these.
+_PRUNE_DEPTH = {"method_options": 3, "robust_eval": 1}  # one option of one method; robust_eval as a whole
+_STAND_INS = {"name": "grid", "epochs": 1}  # for required scalars that were wrong
 
 
-def _parse_seeds(check: _Checker, seeds_raw: Any) -> list[int]:
-    seeds: list[int] = []
-    if _is_int(seeds_raw):
-        if check.positive_int("seeds", seeds_raw, maximum=MAX_TRIALS):
-            seeds = list(range(seeds_raw))
-    elif isinstance(seeds_raw, list) and seeds_raw:
-        for i, s in enumerate(seeds_raw):
-            if not _is_int(s) or not 0 <= s <= MAX_SEED:
-                check.add(f"seeds[{i}]", f"expected an integer seed in 0..2**63-1, got {_r(s)}")
-            else:
-                seeds.append(s)
-        if len(set(seeds)) != len(seeds):
-            check.add("seeds", f"repeated seeds in {_r(seeds_raw)}")
-    else:
-        check.add("seeds", f"expected {_FIELDS['seeds']}, got {_r(seeds_raw)}")
-    return seeds
+def _without(raw: dict, locs: list[tuple]) -> dict:
+    """A copy of ``raw`` without what is at each loc; a list emptied this way takes its default."""
+    pruned = copy.deepcopy(raw)
+    # Deepest and highest index first, so that earlier deletions move nothing still to delete.
+    for *parents, last in sorted(set(locs), key=_sort_key, reverse=True):
+        container = pruned
+        for part in parents:
+            container = container[part] if isinstance(container, (dict, list)) and _has(container, part) else None
+        if isinstance(container, dict):
+            container.pop(last, None)
+        elif isinstance(container, list) and _has(container, last):
+            del container[last]
+    return {key: value for key, value in pruned.items() if value != [] or raw[key] == []}
 
 
-def _parse_axes(check: _Checker, raw: dict) -> dict:
-    """datasets, models, methods, batch_sizes, augmentations, weight_decays, training."""
-    axes = {"datasets": [], "models": [], "methods": []}
-    if "datasets" in raw:
-        axes["datasets"] = check.name_list("datasets", raw["datasets"], dataset_names(), "dataset", True)
-    if "models" in raw:
-        axes["models"] = check.name_list("models", raw["models"], model_names(), "model", True)
-    if raw.get("methods") == "all":
-        axes["methods"] = method_names()
-    elif "methods" in raw:
-        axes["methods"] = check.name_list("methods", raw["methods"], method_names(), "method")
-    axes["batch_sizes"] = _parse_batch_sizes(check, raw.get("batch_sizes", [128]))
-    axes["augmentations"] = check.name_list("augmentations", raw.get("augmentations", ["none"]),
-                                            list(AUGMENTATIONS), "augmentation")
-    axes["weight_decays"] = _number_list(check, "weight_decay", raw.get("weight_decay", 5e-4))
-    axes["training"] = _parse_training(check, raw.get("training", ["natural"]))
-    return axes
+def _has(container: dict | list, part: Any) -> bool:
+    if isinstance(container, list):
+        return _is_int(part) and 0 <= part < len(container)
+    return part in container
 
 
-def _parse_batch_sizes(check: _Checker, value: Any) -> list[int]:
-    if not isinstance(value, list) or not value:
-        check.add("batch_sizes", f"expected a non-empty list of positive integers, got {_r(value)}")
-        return []
-    good = []
-    for i, b in enumerate(value):
-        if check.positive_int(f"batch_sizes[{i}]", b):
-            if b in good:
-                check.add(f"batch_sizes[{i}]", f"{b} is listed twice")
-            else:
-                good.append(b)
-    return good
+def _sort_key(loc: tuple) -> tuple:
+    """Locs in file order (indices as numbers), comparable whatever their keys' types."""
+    return tuple((_is_int(part), part if _is_int(part) else str(part)) for part in loc)
 
 
-def _parse_training(check: _Checker, value: Any) -> list:
-    if not isinstance(value, list) or not value:
-        check.add("training", f"expected a non-empty list of training modes, got {_r(value)}")
-        return []
-    good, seen = [], []
-    for i, mode in enumerate(value):
-        try:
-            attack = AttackConfig.parse(mode)
-        except (ValueError, TypeError) as exc:
-            check.add(f"training[{i}]", _text(exc))
-            continue
-        if attack in seen:
-            check.add(f"training[{i}]", f"{_r(mode)} is the same training mode as an earlier entry")
-            continue
-        seen.append(attack)
-        good.append(mode)
-    return good
+def _pruned_loc(error: dict) -> tuple:
+    loc = error["loc"]
+    if error["type"] == "invalid_key":
+        loc = (*loc[:-1], error["input"])
+    return loc[:_PRUNE_DEPTH.get(loc[0], 2)] if loc else ()
 
 
-def _parse_robust_eval(check: _Checker, robust_eval: Any) -> dict | None:
-    if robust_eval is None:
-        return None
-    if not isinstance(robust_eval, dict):
-        check.add("robust_eval", f"expected a mapping of {', '.join(ROBUST_EVAL_DEFAULTS)}, got {_r(robust_eval)}")
-        return None
-    bad = [key for key in robust_eval if key not in ROBUST_EVAL_DEFAULTS]
-    for key in bad:
-        check.add(f"robust_eval.{_k(key)}", f"unknown key; choose from: {', '.join(ROBUST_EVAL_DEFAULTS)}")
-    subset = robust_eval.get("subset")
-    if subset is not None and not check.positive_int("robust_eval.subset", subset):
-        bad.append("subset")
-    if bad:
-        return None
+def _validate(raw: dict, problems: _Problems) -> tuple[GridFile | None, list[str]]:
+    """The file's schema (or that of its valid part, None if none) and the key path of each
+    override in it; every problem is added to ``problems``."""
+    overrides = raw.get("overrides")
     try:
-        RunConfig(model="mlp", dataset="digits", method="aalr", epochs=1, robust_eval=robust_eval)
-    except (ValueError, TypeError) as exc:
-        check.add("robust_eval", _text(exc))
-        return None
-    return robust_eval
+        return GridFile.model_validate(raw), [f"overrides[{i}]" for i in range(len(overrides or []))]
+    except ValidationError as exc:
+        errors = exc.errors()
+    for error in errors:
+        problems.add(_error_path(error), _message(error))
+    locs = [_pruned_loc(error) for error in errors]
+    try:
+        valid = GridFile.model_validate({**_STAND_INS, **_without(raw, locs)})
+    except ValidationError:
+        return None, []
+    dropped = {loc[1] for loc in locs if len(loc) >= 2 and loc[0] == "overrides"}
+    kept = [f"overrides[{i}]" for i in range(len(overrides)) if i not in dropped] \
+        if isinstance(overrides, list) and ("overrides",) not in locs else []
+    return valid, kept
 
 
-def _parse_method_options(check: _Checker, method_options: Any) -> dict:
-    """The valid part of ``method_options``; every invalid option is reported."""
-    if method_options is None:
-        return {}
-    if not isinstance(method_options, dict):
-        check.add("method_options", f"expected a mapping method -> options, got {_r(method_options)}")
-        return {}
-    good = {}
-    for method, options in method_options.items():
-        if method not in METHODS:
-            check.add(f"method_options.{_k(method)}", f"unknown method; choose from: {', '.join(method_names())}")
-            continue
-        problems = option_problems(method, options)
-        for key, problem in problems:
-            check.add(f"method_options.{method}" + (f".{_k(key)}" if key != "" else ""), problem)
-        if isinstance(options, dict):
-            bad = {key for key, _ in problems}
-            good[method] = {k: v for k, v in options.items() if k not in bad}
-    return good
-
-
-def _parse_resources(check: _Checker, resources: Any) -> dict:
-    if not isinstance(resources, dict):
-        check.add("resources", f"expected a mapping with cpu and gpu, got {_r(resources)}")
-        return {"cpu": 1, "gpu": 0}
-    good = {"cpu": 1, "gpu": 0}
-    for key, value in resources.items():
-        if key not in ("cpu", "gpu"):
-            check.add(f"resources.{_k(key)}", "unknown resource; choose from: cpu, gpu")
-            continue
-        top = MAX_RESOURCES[key]
-        ok = _is_real(value) and (value > 0 if key == "cpu" else value >= 0) and value <= top
-        if not ok:
-            check.add(f"resources.{key}", f"expected a finite number {'> 0' if key == 'cpu' else '>= 0'} and "
-                                          f"<= {top} (fractions share a device), got {_r(value)}")
-        elif value > 1 and value != int(value):
-            check.add(f"resources.{key}", f"a request above 1 must be a whole number (Ray's rule), got {_r(value)}")
-        else:
-            good[key] = value
-    return good
-
-
-def _parse_runtime(check: _Checker, raw: dict) -> dict:
-    """epoch_loss, device, resources, max_concurrent, workers_per_trial."""
-    epoch_loss = raw.get("epoch_loss", "train-mean")
-    if not isinstance(epoch_loss, str) or epoch_loss not in EPOCH_LOSSES:
-        check.add("epoch_loss", f"unknown value {_r(epoch_loss)}; choose from: {', '.join(EPOCH_LOSSES)}")
-        epoch_loss = EPOCH_LOSSES[0]
-    device = raw.get("device", "auto")
-    if not (isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?|mps", device)):
-        check.add("device", f"unknown device {_r(device)}; choose from: auto, cpu, cuda, cuda:N, mps")
-        device = "auto"
-    max_concurrent = raw.get("max_concurrent")
-    if max_concurrent is not None and not check.positive_int("max_concurrent", max_concurrent):
-        max_concurrent = None
-    workers_per_trial = raw.get("workers_per_trial", 1)
-    if not check.positive_int("workers_per_trial", workers_per_trial, maximum=MAX_WORKERS):
-        workers_per_trial = 1
-    return {"epoch_loss": epoch_loss, "device": device,
-            "resources": _parse_resources(check, raw.get("resources", {"cpu": 1, "gpu": 0})),
-            "max_concurrent": max_concurrent, "workers_per_trial": workers_per_trial}
-
-
-def _parse_override_set(check: _Checker, path: str, values: dict) -> dict:
-    """The valid part of an override's ``set``, checked like the same keys at the top level."""
-    good = {}
-    for key, value in values.items():
-        where = f"{path}.set.{_k(key)}"
-        if key not in OVERRIDE_KEYS:
-            check.add(where, f"cannot override; choose from: {', '.join(OVERRIDE_KEYS)}")
-        elif key in ("epochs", "batch_size"):
-            if check.positive_int(where, value):
-                good[key] = value
-        elif key == "weight_decay":
-            problem = _weight_decay_problem(value)
-            if problem:
-                check.add(where, problem)
-            else:
-                good[key] = float(value)
-        elif key == "augmentation":
-            if not isinstance(value, str) or value not in AUGMENTATIONS:
-                check.add(where, f"unknown augmentation {_r(value)}; choose from: {', '.join(AUGMENTATIONS)}")
-            else:
-                good[key] = value  # its pairing with each matched dataset: _trial_problems
-        elif not isinstance(value, dict):  # method_options: checked per matched trial, against its method
-            check.add(where, f"expected a mapping of options of the matched trials' method, got {_r(value)}")
-        else:
-            good[key] = value
-    return good
-
-
-def _parse_overrides(check: _Checker, overrides_raw: Any) -> tuple[list[dict], list[str]]:
-    if not isinstance(overrides_raw, list):
-        check.add("overrides", f"expected a list of {{match, set}} mappings, got {_r(overrides_raw)}")
-        return [], []
-    overrides, paths = [], []
-    for i, entry in enumerate(overrides_raw):
-        path = f"overrides[{i}]"
-        if not isinstance(entry, dict) or set(entry) != {"match", "set"} or not isinstance(entry["set"], dict):
-            check.add(path, f"expected a mapping with keys match and set, got {_r(entry)}")
-            continue
-        matched = _match_list(check, f"{path}.match", [entry["match"]])
-        values = _parse_override_set(check, path, entry["set"])
-        if matched and values:
-            overrides.append({"match": entry["match"], "set": values})
-            paths.append(path)
-    return overrides, paths
+def _grid_of(schema: GridFile, source: str, override_paths: list[str]) -> Grid:
+    return Grid(name=schema.name, epochs=schema.epochs, seeds=list(schema.seeds), datasets=list(schema.datasets),
+                models=list(schema.models), methods=list(schema.methods), batch_sizes=list(schema.batch_sizes),
+                augmentations=list(schema.augmentations), weight_decays=list(schema.weight_decay),
+                training=list(schema.training),
+                robust_eval=schema.robust_eval.given() if schema.robust_eval is not None else None,
+                method_options=dict(schema.method_options), epoch_loss=schema.epoch_loss, device=schema.device,
+                resources=schema.resources.model_dump(), max_concurrent=schema.max_concurrent,
+                workers_per_trial=schema.workers_per_trial,
+                include=[entry.given() for entry in schema.include],
+                exclude=[entry.given() for entry in schema.exclude],
+                overrides=[{"match": entry.match.given(), "set": entry.values.given()} for entry in schema.overrides],
+                source=source, override_paths=override_paths)
 
 
 def parse_grid(raw: Any, source: str = "<grid>") -> Grid:
     """Validate a parsed grid file; raise :class:`GridError` listing every problem."""
-    check = _Checker(source)
     if not isinstance(raw, dict):
         what = "an empty file" if raw is None else _r(raw)
-        raise GridError([f"{source}: expected a mapping of {', '.join(_FIELDS)}, got {what}"])
-    for key in raw:
-        if key not in _FIELDS:
-            check.add(_k(key), f"unknown key; valid keys: {', '.join(_FIELDS)}")
-    for key in _REQUIRED:
-        if key not in raw:
-            check.add(key, f"missing ({_FIELDS[key]})")
-    epochs = raw.get("epochs", 1)
-    if "epochs" in raw and not check.positive_int("epochs", epochs):
-        epochs = 1  # reported; a stand-in lets the trial checks still run
-    overrides, override_paths = _parse_overrides(check, raw.get("overrides", []))
-    grid = Grid(name=_parse_name(check, raw), epochs=epochs, seeds=_parse_seeds(check, raw.get("seeds", 1)),
-                **_parse_axes(check, raw), robust_eval=_parse_robust_eval(check, raw.get("robust_eval")),
-                method_options=_parse_method_options(check, raw.get("method_options", {})),
-                **_parse_runtime(check, raw),
-                include=_match_list(check, "include", raw.get("include", [])),
-                exclude=_match_list(check, "exclude", raw.get("exclude", [])),
-                overrides=overrides, override_paths=override_paths, source=source)
-    # Every trial, checked as a run would check it, among the values that are valid.
-    if grid.datasets and grid.models and grid.methods and grid.augmentations:
-        stand_in = dataclasses.replace(grid, seeds=grid.seeds or [0], batch_sizes=grid.batch_sizes or [128],
-                                       weight_decays=grid.weight_decays or [5e-4],
-                                       training=grid.training or ["natural"])
-        known = set(check.problems)
-        check.problems += [p for p in _trial_problems(stand_in, report_unmatched=not check.problems)
-                           if p not in known]
-    if check.problems:
-        raise GridError(check.problems)
+        raise GridError([f"{source}: expected a mapping of {', '.join(GridFile.keys())}, got {what}"])
+    problems = _Problems(source)
+    schema, override_paths = _validate(raw, problems)
+    if schema is not None:
+        grid = _grid_of(schema, source, override_paths)
+        # Every trial, checked as a run would check it (for a file with problems: its valid part).
+        for line in _trial_problems(grid, report_unmatched=not problems.lines):
+            if line not in problems.lines:
+                problems.lines.append(line)
+    if problems.lines:
+        raise GridError(problems.lines)
     return grid
 
 
@@ -662,7 +811,7 @@ def load_grid(path: str | Path) -> Grid:
     try:
         missing = not path.exists() and not path.is_symlink()
     except (OSError, ValueError) as exc:  # e.g. a NUL byte in the path
-        raise GridError([f"{source}: not a usable path ({_text(exc)})"]) from None
+        raise GridError([f"{source}: not a usable path ({one_line(exc, 300)})"]) from None
     if missing:
         raise GridError([f"{source}: no such grid file"])
     try:
@@ -673,7 +822,11 @@ def load_grid(path: str | Path) -> Grid:
 
 
 # ----------------------------------------------------------------- expansion
-_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+@functools.cache
+def _run_fields() -> tuple[str, ...]:
+    from .train import RunConfig
+
+    return tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
 def _matches(config: dict, entry: dict) -> bool:
@@ -682,7 +835,7 @@ def _matches(config: dict, entry: dict) -> bool:
 
 def _matches_value(config: dict, key: str, value) -> bool:
     if key == "training":  # by mode name ("fgsm") or by the exact spec ("fgsm:eps=4/255")
-        return value == config["training"] or value == AttackConfig.parse(config["training"]).mode
+        return value == config["training"] or value == _attack(config["training"]).mode
     return config[key] == value
 
 
@@ -692,7 +845,7 @@ def trial_name(config: dict) -> str:
     if config["augmentation"] != "none":
         parts.append(config["augmentation"])
     parts.append(f"bs{config['batch_size']}")
-    mode = AttackConfig.parse(config["training"]).mode
+    mode = _attack(config["training"]).mode
     if mode != "natural":
         parts.append(mode)
     parts.append(f"s{config['seed']}")
@@ -703,7 +856,7 @@ def _name_part(key: str, value: Any) -> str:
     if key == "weight_decay":
         return f"wd{value:g}"
     if key == "training":
-        value = str(AttackConfig.parse(value))
+        value = str(_attack(value))
     return re.sub(r"[^A-Za-z0-9.]+", "_", str(value)).strip("_")
 
 
@@ -740,6 +893,8 @@ def trial_count(grid: Grid) -> int:
 def _expand_traced(grid: Grid) -> tuple[list[tuple[dict, dict]], set[int]]:
     """[(config, origin)] and the indices of the overrides that matched a trial. ``origin``
     maps each field an override set ("epochs", "method_options.lr") to its key path."""
+    from .train import RunConfig
+
     traced, matched = [], set()
     for dataset, model, augmentation, batch_size, weight_decay, training, method, seed in itertools.product(
             grid.datasets, grid.models, grid.augmentations, grid.batch_sizes, grid.weight_decays, grid.training,
@@ -780,7 +935,9 @@ def expand(grid: Grid) -> list[dict]:
 def _trial_problems(grid: Grid, report_unmatched: bool = True) -> list[str]:
     """Each trial checked as its run will check it: model x dataset shapes, augmentation x
     dataset, method options (types, then a build), RunConfig; overrides that match nothing."""
-    check = _Checker(grid.source)
+    from .train import RunConfig
+
+    check = _Problems(grid.source)
     count = trial_count(grid)
     if count > MAX_TRIALS:
         return [f"{grid.source}: the axes make {count} trials (before include/exclude); the limit is {MAX_TRIALS}"]
@@ -792,18 +949,21 @@ def _trial_problems(grid: Grid, report_unmatched: bool = True) -> list[str]:
         _check_pairs(check, config, origin, seen)
         _check_options(check, config, origin)
         try:
-            RunConfig(**{k: config[k] for k in _RUN_FIELDS})
+            RunConfig(**{k: config[k] for k in _run_fields()})
         except (ValueError, TypeError) as exc:
-            check.add(f"trial {config['trial_name']}", _text(exc))
+            check.add(f"trial {config['trial_name']}", one_line(exc, 300))
     if report_unmatched:
         for i, path in enumerate(grid.override_paths):
             if i not in matched:
                 check.add(f"{path}.match", f"matches no trial: {_r(grid.overrides[i]['match'])}")
-    return check.problems
+    return check.lines
 
 
-def _check_pairs(check: _Checker, config: dict, origin: dict, seen: set) -> None:
+def _check_pairs(check: _Problems, config: dict, origin: dict, seen: set) -> None:
     """A model that cannot take a dataset's input shape; an augmentation a dataset does not support."""
+    from .data import builtin_input_shape, valid_augmentations
+    from .models import ModelShapeError, check_input_shape
+
     dataset, model, augmentation = config["dataset"], config["model"], config["augmentation"]
     shape = builtin_input_shape(dataset)
     if shape is not None and (model, dataset) not in seen:
@@ -823,7 +983,7 @@ def _check_pairs(check: _Checker, config: dict, origin: dict, seen: set) -> None
                             f"choose from: {', '.join(valid)}{fix}")
 
 
-def _check_options(check: _Checker, config: dict, origin: dict) -> None:
+def _check_options(check: _Problems, config: dict, origin: dict) -> None:
     method, options = config["method"], config["method_options"]
     problems = option_problems(method, options)
     for key, problem in problems:
@@ -846,7 +1006,7 @@ def smoke_configs(configs: list[dict]) -> list[dict]:
 
     Every model x dataset pair, method, augmentation, batch size and training
     mode of the grid still runs at least once (greedily, first seed only), for
-    ``SMOKE["epochs"]`` epochs on four examples (torchvision sets are
+    ``SMOKE["epochs"]`` epochs on two examples (torchvision sets are
     replaced by synthetic data of the same shape), with PGD cut to two steps
     and the robust evaluation cut to a handful of examples.
     """
@@ -869,7 +1029,7 @@ def smoke_configs(configs: list[dict]) -> list[dict]:
         config = dict(config, epochs=min(config["epochs"], SMOKE["epochs"]), smoke=True,
                       batch_size=min(config["batch_size"], SMOKE["batch_size"]),
                       train_limit=SMOKE["train_limit"], test_limit=SMOKE["test_limit"])
-        attack = AttackConfig.parse(config["training"])
+        attack = _attack(config["training"])
         if attack.mode == "pgd" and attack.steps > SMOKE["attack_steps"]:
             config["training"] = {**dataclasses.asdict(attack), "steps": SMOKE["attack_steps"]}
         if config["robust_eval"] is not None or attack.mode != "natural":
@@ -879,7 +1039,8 @@ def smoke_configs(configs: list[dict]) -> list[dict]:
     return smoke
 
 
-def run_configs(configs: list[dict]) -> list[RunConfig]:
+def run_configs(configs: list[dict]) -> list:
     """The RunConfig of each trial config (checks every field once more)."""
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return [RunConfig(**{k: v for k, v in c.items() if k in names}) for c in configs]
+    from .train import RunConfig
+
+    return [RunConfig(**{k: v for k, v in c.items() if k in _run_fields()}) for c in configs]

@@ -21,6 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import storage as store
+from .errors import one_line
+from .results import EPOCHS_FILE, TRIALS_FILE
 
 __all__ = ["write_report", "print_summary", "build_tables", "load_results", "ReportError", "TARGET_MARGIN"]
 
@@ -211,10 +213,6 @@ TRIAL_COLUMNS = {"trial_id": "text?", "dataset": "text", "model": "text", "metho
 EPOCH_COLUMNS = {"trial_id": "text", "epoch": "number", "lr": "number", "train_loss": "number", "test_acc": "number"}
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
-
-
 def _read(uri: str, columns: dict[str, str]) -> list[dict]:
     """A Parquet table's rows, after checking it has the columns the report reads."""
     import pyarrow as pa
@@ -233,7 +231,7 @@ def _read(uri: str, columns: dict[str, str]) -> list[dict]:
     except FileNotFoundError:
         raise ReportError(f"{uri}: no such file") from None
     except (OSError, ValueError, pa.ArrowException) as exc:  # empty, truncated, not Parquet
-        detail = re.sub(r"^Could not open Parquet input source '.*?': ", "", _one_line(exc))
+        detail = re.sub(r"^Could not open Parquet input source '.*?': ", "", one_line(exc, 300))
         raise ReportError(f"{uri}: not a readable Parquet table ({type(exc).__name__}: {detail})") from None
     missing = [c for c, kind in columns.items() if c not in table.column_names and not kind.endswith("?")]
     if missing and table.num_rows:
@@ -256,8 +254,6 @@ def _read(uri: str, columns: dict[str, str]) -> list[dict]:
 def load_results(experiment: str) -> tuple[list[dict], list[dict]]:
     """(trials, epochs) from ``trials.parquet`` and ``epochs.parquet``; ReportError (one line) if either
     is missing, unreadable or lacks a column the report reads."""
-    from .runner import EPOCHS_FILE, TRIALS_FILE
-
     return (_read(f"{experiment}/{TRIALS_FILE}", TRIAL_COLUMNS),
             _read(f"{experiment}/{EPOCHS_FILE}", EPOCH_COLUMNS))
 

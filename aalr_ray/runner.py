@@ -1,4 +1,4 @@
-"""Run a grid as one Ray Tune experiment; write epochs.parquet, trials.parquet and the report.
+"""Run a grid as one Ray Tune experiment and write its results (see :mod:`aalr_ray.results`).
 
     aalr-ray grid jobs/quickstart.yaml [--storage PATH_OR_URI] [--address auto|ADDR]
                                        [--data-dir DIR] [--resume] [--smoke]
@@ -19,26 +19,22 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow as pa
 
 from . import storage as store
 from ._ray_compat import tolerate_pruned_checkpoints
 from .grid import Grid, expand, load_grid, smoke_configs
 from .guard import StateGuard, full_disk_message, repair, torn_state_files
+# The tables and their file names live in results (free of Ray); imported from here too.
+from .results import (EPOCHS_FILE, JSON_FIELDS, TRIALS_FILE, Collected, TrialResult, collect_trials,  # noqa: F401
+                      trial_summary, write_parquet)
 from .trainable import aalr_trainable, load_checkpoint_dir
 
 __all__ = ["run_grid", "GridRunError", "collect", "write_parquet", "Collected", "EPOCHS_FILE", "TRIALS_FILE"]
 
-EPOCHS_FILE = "epochs.parquet"
-TRIALS_FILE = "trials.parquet"
 GRID_FILE = "grid.json"
 MAX_FAILURES = 2  # a trial whose worker dies is retried from its last checkpoint
 KEEP_CHECKPOINTS = 3
-# Config fields that are dicts or mixed types go into Parquet as JSON text.
-JSON_FIELDS = ("method_options", "robust_eval", "training")
 
 
 class GridRunError(RuntimeError):
@@ -46,50 +42,6 @@ class GridRunError(RuntimeError):
 
 
 # ------------------------------------------------------------------- results
-def _flat_config(config: dict) -> dict:
-    flat = {k: v for k, v in config.items() if k not in ("data_dir", "threads", "device")}
-    for key in JSON_FIELDS:
-        if key in flat and not isinstance(flat[key], str):
-            flat[key] = json.dumps(flat[key], sort_keys=True)
-    return flat
-
-
-def _epochs_to(rows: list[dict], target: float) -> int | None:
-    return next((row["epoch"] for row in rows if row["test_acc"] >= target), None)
-
-
-def trial_summary(config: dict, rows: list[dict], status: str, error: str | None) -> dict:
-    """One trials.parquet row: config, final/peak accuracies, rollbacks, wall time, status."""
-    summary = {**_flat_config(config), "status": status, "error": error, "epochs_done": len(rows)}
-    if rows:
-        last = rows[-1]
-        peak = max(rows, key=lambda r: r["test_acc"])
-        summary.update(
-            final_test_acc=last.get("final_test_acc", last["test_acc"]),
-            peak_test_acc=peak["test_acc"], peak_epoch=peak["epoch"],
-            epochs_to_99pct_peak=_epochs_to(rows, 0.99 * peak["test_acc"]),
-            final_train_loss=last["train_loss"], final_lr=last["lr"],
-            rollbacks=sum(str(r.get("action", "")).startswith("restore") for r in rows),
-            bad_epochs=sum(bool(r.get("bad_loss")) for r in rows),
-            wall_s=sum(r["epoch_s"] + r["eval_s"] for r in rows),
-        )
-        for key in ("fgsm_acc", "pgd_acc"):
-            if key in last:
-                summary[f"final_{key}"] = last.get(f"final_{key}", last[key])
-                summary[f"peak_{key}"] = max(r[key] for r in rows)
-    return summary
-
-
-@dataclass
-class Collected:
-    epochs: list[dict]
-    trials: list[dict]
-
-    @property
-    def complete(self) -> bool:
-        return all(t["status"] == "TERMINATED" for t in self.trials)
-
-
 def _trial_error(result) -> str | None:
     """The last line of a trial's error, or None; a torn error file (full disk) is an error too."""
     try:
@@ -113,53 +65,19 @@ def _rows_of(result) -> list[dict]:
         return load_checkpoint_dir(Path(directory))[1]
 
 
+def _trial_result(result) -> TrialResult:
+    """One Tune result as the results module takes it; the rows come from the trial's latest checkpoint."""
+    trial_id = result.metrics.get("trial_id") or Path(result.path).name.split("_", 1)[-1]
+    return TrialResult(trial_id, result.config, _rows_of(result), _trial_error(result))
+
+
 def collect(result_grid, configs: list[dict]) -> Collected:
     """Rows from each trial's latest checkpoint (the authoritative per-epoch log).
 
     Every config of the grid gets a trials row: one that Tune never started
     (an interrupted run) is PENDING with no epochs.
     """
-    by_name = {c["trial_name"]: c for c in configs}
-    epochs, trials, seen = [], [], set()
-    for result in result_grid:
-        config = by_name.get(result.config.get("trial_name"), result.config)
-        seen.add(config.get("trial_name"))
-        rows = _rows_of(result)
-        error = _trial_error(result)
-        if error is not None:
-            status = "ERROR"
-        elif len(rows) >= config["epochs"]:
-            status = "TERMINATED"
-        else:
-            status = "UNFINISHED"
-        trial_id = result.metrics.get("trial_id") or Path(result.path).name.split("_", 1)[-1]
-        for row in rows:
-            epochs.append({"trial_id": trial_id, **_flat_config(config), **row})
-        trials.append({"trial_id": trial_id, **trial_summary(config, rows, status, error)})
-    for name, config in by_name.items():
-        if name not in seen:
-            trials.append({"trial_id": None, **trial_summary(config, [], "PENDING", None)})
-    return Collected(epochs, trials)
-
-
-def _table(records: list[dict]) -> pa.Table:
-    columns: dict[str, None] = {}
-    for record in records:
-        columns.update(dict.fromkeys(record))
-    data = {c: [r.get(c) for r in records] for c in columns}
-    if "error" in data:
-        data["error"] = pa.array(data["error"], type=pa.string())  # typed even when no trial failed
-    # NaN losses stay NaN (floats); a column mixing ints and floats becomes float.
-    for c, values in data.items():
-        if any(isinstance(v, float) for v in values) and all(isinstance(v, (int, float)) or v is None
-                                                             for v in values if not isinstance(v, bool)):
-            data[c] = [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values]
-    return pa.table(data)
-
-
-def write_parquet(experiment: str, collected: Collected) -> None:
-    store.write_table(f"{experiment}/{EPOCHS_FILE}", _table(collected.epochs))
-    store.write_table(f"{experiment}/{TRIALS_FILE}", _table(collected.trials))
+    return collect_trials((_trial_result(result) for result in result_grid), configs)
 
 
 # ---------------------------------------------------------------------- Tune

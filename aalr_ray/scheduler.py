@@ -12,7 +12,7 @@ operations, the way PBT's exploit does::
         param_space={"seed": tune.grid_search([0, 1, 2])},
         tune_config=tune.TuneConfig(
             scheduler=AALRScheduler(metric="train_loss", max_epochs=60),
-            reuse_actors=True,  # helps while other trials wait to start (see "The cost")
+            reuse_actors=True,  # cheaper restarts while other trials wait (docs/scheduler.md)
         ),
         run_config=tune.RunConfig(
             storage_path="./results",
@@ -44,60 +44,36 @@ What the trainable must do (a function trainable, as for PBT):
   ``max_epochs`` on the checkpoint's epoch counter is fine: rollbacks only
   make that counter lag the scheduler's).
 
-The cost: every LR change restarts the trial (pause, then start again from a
-checkpoint), because Tune cannot change a running trial's config; AALR changes
-the LR after most phase-2 windows, so expect a restart every few epochs.
-Measured on a shared 2-core CPU machine (Ray 2.60, a toy model):
+Every LR change restarts the trial from a checkpoint (Tune cannot change a
+running trial's config): about 0.1 s with ``reuse_actors=True`` while other
+trials wait to start, seconds otherwise.
 
-* ``reuse_actors=True`` with trials waiting to start: about 0.1 s per restart
-  (the paused trial's actor is reused);
-* otherwise (one trial, or every trial already started) about 3.5 s: Ray 2.60
-  caches a stopped trial's actor only while the searcher has more trials or a
-  trial is staged (``TuneController._maybe_cache_trial_actor``), so
-  ``reuse_actors=True`` then still starts a new actor per restart;
-* ``reuse_actors=False``: a new actor every time, 8-20 s here under load
-  (including the wait for a free CPU when other trials compete for it).
+The config gains the reserved keys ``"_aalr"`` (the scheduler's state) and
+``"aalr_epochs_done"``; the trainable must ignore unknown config keys.
+``CheckpointConfig(num_to_keep=...)`` must be ``None`` (the default): the
+best checkpoint is needed for any number of later epochs (``ValueError``
+otherwise).
 
-The config gains the reserved key ``"_aalr"`` (below); a trainable must
-ignore unknown config keys. ``Result.config`` is the config the trainable
-last started with; the current one is in ``ExperimentAnalysis(path).trials``.
+Example: ``AALRScheduler(max_epochs=16, phase1_patience=2)`` on a trial whose
+J(theta_0) is 2.3 (``lr`` is ``config["lr"]`` of the epoch; AALR's decisions
+are those of :mod:`aalr_ray.core`'s example)::
 
-Mapping of actions (see :func:`_restart_trial`, the only code that touches
-Tune internals):
+    epoch  loss   lr     AALR action      returns        the trial
+      1    2.0    0.1    continue         CONTINUE       trains on
+      2    2.5    0.1    restore_initial  NOOP (paused)  restarts from theta_0 at 0.05
+      3    1.9    0.05   continue         CONTINUE
+      4    1.8    0.05   save_best        PAUSE          restarts from epoch 4's checkpoint at 0.1
+      5    1.9    0.1    continue         CONTINUE
+      6    1.7    0.1    save_best        PAUSE          restarts from epoch 6's checkpoint at 0.2
+      7-9  ...    0.2    continue         CONTINUE
+     10    1.71   0.2    continue         PAUSE          restarts from epoch 10's checkpoint at 0.1
+     11    nan    0.1    restore_best     NOOP (paused)  restarts from epoch 6's checkpoint at 0.05
+     12-15 ...    0.05   continue         CONTINUE
+     16    1.4    0.05   save_best        STOP           Result.checkpoint is epoch 16's
 
-* LR unchanged (CONTINUE): ``TrialScheduler.CONTINUE``.
-* LR changed with the weights kept (SAVE_BEST's doubling, a halving after a
-  failed second try): set the config and return ``PAUSE``: the controller saves
-  and registers this result's checkpoint, then stops the trial; it restarts
-  from that checkpoint with the new LR. A SAVE_BEST remembers that checkpoint's
-  directory name as the best.
-* RESTORE_BEST: pause without saving, point the trial's restore checkpoint at
-  the best registered checkpoint, return ``NOOP``.
-* RESTORE_INITIAL: pause without saving, clear the trial's restore checkpoint
-  (the trainable starts from theta_0), return ``NOOP``.
-* The core trained ``max_epochs`` epochs: ``STOP``. If the final epoch asked
-  for RESTORE_BEST, the trial's final checkpoint is pointed at the best one
-  (so ``Result.checkpoint`` holds usable weights).
-
-Where the state lives, and why: in the trial's config under the reserved key
-``"_aalr"`` (JSON: the core's ``state_dict()``, the best checkpoint's
-directory name, counters). Tune writes the config into the experiment state
-together with the trial's checkpoint bookkeeping, so both come back together
-on ``Tuner.restore``, whereas the scheduler itself comes back in its initial
-state (ray-project/ray#30838) and the scheduler's copy of a result never
-reaches ``trial.last_result``. Because a snapshot can fall between a result
-(state updated) and the registration of that result's checkpoint, the config
-keeps two records, each tied to the checkpoint directory name it belongs to:
-the state the trial was in before the latest result and the state after it.
-When the scheduler meets a trial it has no state for (new scheduler after
-``Tuner.restore``, a retried trial), it takes the record that belongs to the
-checkpoint the trial restarts from. The best checkpoint is kept as a directory
-name (not a path) so it survives a moved experiment directory.
-
-Checkpoint retention: the best checkpoint must outlive any number of later
-epochs, so ``CheckpointConfig(num_to_keep=...)`` must be ``None`` (the
-default); the scheduler raises a ``ValueError`` otherwise. Prune old
-checkpoints after the run if disk space matters.
+How the actions map to Tune operations, where the state lives and why (it
+survives ``Tuner.restore``), and what a restart costs: ``docs/scheduler.md``.
+The Ray internals used are in :mod:`aalr_ray._ray_compat`.
 """
 
 from __future__ import annotations
@@ -112,6 +88,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
+from . import _ray_compat
 from .core import AALR, Action
 
 if TYPE_CHECKING:
@@ -137,9 +114,9 @@ def _restart_trial(tune_controller: Optional["TuneController"], trial: Trial, up
                    restore_from=_KEEP) -> None:
     """Set ``updates`` in ``trial``'s config and choose what it restarts from.
 
-    The ONLY function of this module that relies on Ray Tune internals
-    (private attributes, undocumented objects). Tested with Ray 2.60.0; PBT
-    does the same in ``ray/tune/schedulers/pbt.py`` (``_exploit``).
+    The ONLY function of this module that relies on Ray Tune internals, all
+    of them through :mod:`aalr_ray._ray_compat` (checked against Ray 2.60.0);
+    PBT does the same in ``ray/tune/schedulers/pbt.py`` (``_exploit``).
 
     ``restore_from``:
 
@@ -152,48 +129,36 @@ def _restart_trial(tune_controller: Optional["TuneController"], trial: Trial, up
 
     With ``tune_controller=None`` the trial is not paused (it is stopping).
     """
-    # Private: the (checkpoint, metrics) pair Tune restores trials from.
-    from ray.train._internal.session import _TrainingResult
-
-    # Undocumented: the trial's checkpoint bookkeeping (a private class).
-    manager = trial.run_metadata.checkpoint_manager
     # num_to_keep deletes all but the newest K checkpoints (the latest is
     # spared); the best one is needed for any number of later epochs.
-    num_to_keep = manager.checkpoint_config.num_to_keep
+    num_to_keep = _ray_compat.checkpoint_num_to_keep(trial)
     if num_to_keep is not None:
         raise ValueError(f"AALRScheduler needs CheckpointConfig(num_to_keep=None), got "
                          f"num_to_keep={num_to_keep}: it would delete the best checkpoint")
 
     trial.set_config({**trial.config, **updates})  # public; invalidates the cached trial JSON
-    # Private: when the param space holds objects, Tune swaps them for
-    # placeholders and rebuilds trial.config from this unresolved copy on
-    # Tuner.restore, which would silently drop our keys. Ours are plain JSON.
-    unresolved = trial.__dict__.get("_Trial__unresolved_config")
-    if isinstance(unresolved, dict) and unresolved is not trial.config:
-        trial._Trial__unresolved_config = {**unresolved, **updates}
+    # Our keys must survive Tuner.restore's rebuild of the config from its unresolved copy.
+    _ray_compat.set_unresolved_config(trial, updates)
 
     if restore_from is _KEEP:
         return
     target = None
     if restore_from is not None:
-        candidates = [manager.latest_checkpoint_result, *manager.best_checkpoint_results]
-        found = next((r for r in candidates if r is not None and r.checkpoint is not None
-                      and _dir_name(r.checkpoint.path) == restore_from), None)
+        found = next((r for r in _ray_compat.registered_checkpoint_results(trial)
+                      if _dir_name(r.checkpoint.path) == restore_from), None)
         if found is None:
             raise RuntimeError(f"AALRScheduler: trial {trial} has no registered checkpoint "
                                f"{restore_from!r} to roll back to")
         # A copy, as PBT does: Tune adds keys to the metrics of the result it restores.
-        target = _TrainingResult(checkpoint=copy.copy(found.checkpoint), metrics=dict(found.metrics))
+        target = _ray_compat.training_result(copy.copy(found.checkpoint), dict(found.metrics))
     if tune_controller is not None and trial.status == Trial.RUNNING:
         # Whitelisted scheduler API; without a save the checkpoint reported
         # with the current result is never registered (it is discarded).
         tune_controller.pause_trial(trial, should_checkpoint=False)
-    # Private: the checkpoint the trial restores from when it starts again
-    # (None: no restore; the trainable sees tune.get_checkpoint() is None).
-    manager._latest_checkpoint_result = target
-    # The runtime metadata JSON is cached; drop it so the next experiment
-    # snapshot holds the new restore point together with the new config.
-    trial.run_metadata.invalidate_cache()
+    # The checkpoint the trial restores from when it starts again (None: no
+    # restore; the trainable sees tune.get_checkpoint() is None), saved with
+    # the new config in the next experiment snapshot.
+    _ray_compat.set_restore_point(trial, target)
 
 
 # --------------------------------------------------------------------- helpers

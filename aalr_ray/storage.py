@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -27,11 +28,14 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from .errors import one_line
+from .files import atomic_open
 
 __all__ = ["StorageError", "ExperimentLockedError", "ExperimentLock", "LOCK_FILE", "check_reachable",
            "experiment_uri", "filesystem", "exists", "read_json", "write_bytes", "read_table", "write_table",
@@ -70,10 +74,6 @@ S3_CHECK_ATTEMPTS = 2
 WRITE_CHECK_FILE = ".aalr-ray-write-check"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400] or type(exc).__name__
-
-
 def _s3_endpoint(fs: pafs.FileSystem, options: dict) -> str:
     """Where an S3 filesystem sends its requests, for error messages."""
     endpoint = options.get("endpoint_override") or ""
@@ -84,14 +84,13 @@ def _s3_endpoint(fs: pafs.FileSystem, options: dict) -> str:
 
 
 def _s3_options(fs: pafs.FileSystem) -> dict | None:
-    """The keyword arguments that rebuild ``fs`` (its pickle state), or None if not S3."""
+    """The keyword arguments that rebuild ``fs`` ({} when unknown), or None if it is not S3."""
     s3 = getattr(pafs, "S3FileSystem", None)
     if s3 is None or not isinstance(fs, s3):
         return None
-    try:
-        return dict(fs.__reduce__()[1][0])
-    except (TypeError, IndexError, KeyError):
-        return {}
+    from ._ray_compat import s3_filesystem_options  # where work-arounds of library internals live
+
+    return s3_filesystem_options(fs)
 
 
 def check_reachable(storage: str) -> None:
@@ -113,7 +112,7 @@ def check_reachable(storage: str) -> None:
     try:
         fs, path = filesystem(storage)  # on AWS this may look up the bucket's region
     except (OSError, ValueError) as exc:
-        raise StorageError(f"storage {storage!r} is not usable: {_one_line(exc)}") from None
+        raise StorageError(f"storage {storage!r} is not usable: {one_line(exc)}") from None
     options = _s3_options(fs)
     where = ""
     if options is not None:
@@ -135,7 +134,7 @@ def check_reachable(storage: str) -> None:
             f.write(b"ok\n")
         fs.delete_file(probe)
     except (OSError, ValueError) as exc:
-        raise StorageError(f"storage {storage!r} is not usable{where}: {_one_line(exc)}") from None
+        raise StorageError(f"storage {storage!r} is not usable{where}: {one_line(exc)}") from None
 
 
 def exists(uri: str) -> bool:
@@ -154,6 +153,8 @@ def read_json(uri: str):
 # beside the target, under a name unique to this write, which is then moved
 # into place. A reader (or a resumed grid) sees the old file or the new one,
 # never half of one, and two writers of the same file never share a temporary.
+# A local file is written by aalr_ray.files.atomic_open, the writer of every
+# local file; the code here adds the remote case and the one-line errors.
 #
 # On S3 too we write a temporary object and move it (a server-side copy, then
 # a delete) rather than PUT the target directly: a PUT is all-or-nothing, but
@@ -177,7 +178,7 @@ def _is_no_space(exc: OSError) -> bool:
 def _write_error(uri: str, exc: OSError) -> StorageError:
     if _is_no_space(exc):
         return StorageError(f"cannot write {uri}: no space left on device")
-    return StorageError(f"cannot write {uri}: {_one_line(exc)}")
+    return StorageError(f"cannot write {uri}: {one_line(exc)}")
 
 
 def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
@@ -194,25 +195,28 @@ def _target(uri: str) -> tuple[pafs.FileSystem, str]:
         raise _write_error(uri, exc) from None
 
 
-def _write_atomic(fs: pafs.FileSystem, path: str, uri: str, fill: Callable[[pa.NativeFile], object]) -> None:
-    """``fill`` writes the content to the stream it is given; ``uri`` names the target in errors."""
-    local = isinstance(fs, pafs.LocalFileSystem)
+def _write_remote(fs: pafs.FileSystem, path: str, fill: Callable[[BinaryIO], object]) -> None:
+    """A temporary object beside ``path``, then a move (see above)."""
     tmp = _temp_path(path)
+    if _s3_options(fs) is None:  # S3 has no directories; other stores may need them
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     try:
-        if local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        elif _s3_options(fs) is None:  # S3 has no directories; other stores may need them
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        try:
-            with fs.open_output_stream(tmp) as stream:
+        with fs.open_output_stream(tmp) as stream:
+            fill(stream)
+        fs.move(tmp, path)
+    except BaseException:  # KeyboardInterrupt too: leave no temporary behind
+        _remove_quietly(fs, tmp)
+        raise
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, uri: str, fill: Callable[[BinaryIO], object]) -> None:
+    """``fill`` writes the content to the binary stream it is given; ``uri`` names the target in errors."""
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            with atomic_open(path, "wb") as stream:
                 fill(stream)
-            if local:
-                os.replace(tmp, path)
-            else:
-                fs.move(tmp, path)
-        except BaseException:  # KeyboardInterrupt too: leave no temporary behind
-            _remove_quietly(fs, tmp)
-            raise
+        else:
+            _write_remote(fs, path, fill)
     except OSError as exc:
         raise _write_error(uri, exc) from None
 
@@ -224,11 +228,11 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def atomic_write_local(path: str | os.PathLike, data: bytes) -> None:
-    """Write a local file atomically (unique temporary beside it, then os.replace; no fsync).
+    """Write a local file atomically (files.atomic_open: unique temporary beside it, then os.replace).
 
     StorageError (one line naming the path) on failure; the temporary is removed.
     """
-    path = os.path.abspath(path)  # pyarrow's local filesystem takes absolute paths only
+    path = os.path.abspath(path)  # named absolute in errors, as every other local path here
     _write_atomic(pafs.LocalFileSystem(), path, path, lambda stream: stream.write(data))
 
 
@@ -253,7 +257,7 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
             relative = source.relative_to(local_dir).as_posix()
             with open(source, "rb") as src:
                 _write_atomic(fs, f"{path.rstrip('/')}/{relative}", f"{uri.rstrip('/')}/{relative}",
-                              lambda stream: stream.upload(src))
+                              lambda stream: shutil.copyfileobj(src, stream))
 
 
 # ------------------------------------------------------------------ the experiment lock
@@ -343,7 +347,7 @@ class ExperimentLock:
         try:
             self._fs, self._path = filesystem(self.uri)
         except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot lock {self.uri}: {_one_line(exc)}") from None
+            raise StorageError(f"cannot lock {self.uri}: {one_line(exc)}") from None
         if isinstance(self._fs, pafs.LocalFileSystem):
             self._acquire_local()
         else:
@@ -368,7 +372,7 @@ class ExperimentLock:
                 if (self._read_lease() or {}).get("owner") == self._owner:
                     self._fs.delete_file(self._path)
             except OSError as exc:  # it expires on its own within ttl_s
-                log.warning("could not delete the lock %s: %s", self.uri, _one_line(exc))
+                log.warning("could not delete the lock %s: %s", self.uri, one_line(exc))
 
     def check(self) -> None:
         """Raise ExperimentLockedError if another driver has taken our lease over."""
@@ -390,7 +394,7 @@ class ExperimentLock:
             raise self._refusal(info) from None
         except OSError as exc:  # no locks on this filesystem (NFS without lockd, some FUSE mounts)
             os.close(fd)
-            raise StorageError(f"cannot lock {self.uri}: {_one_line(exc)}") from None
+            raise StorageError(f"cannot lock {self.uri}: {one_line(exc)}") from None
         try:  # ours now: nobody else writes the file while we hold the flock
             data = json.dumps(self._info()).encode()
             os.ftruncate(fd, 0)
@@ -447,7 +451,7 @@ class ExperimentLock:
             time.sleep(self.settle_s)
             held = self._read_lease()
         except OSError as exc:
-            raise StorageError(f"cannot lock {self.uri}: {_one_line(exc)}") from None
+            raise StorageError(f"cannot lock {self.uri}: {one_line(exc)}") from None
         if not held or held.get("owner") != self._owner:  # another driver wrote after us: it wins
             raise self._refusal(held)
         self._stop.clear()
@@ -465,4 +469,4 @@ class ExperimentLock:
                     return
                 self._write_lease()
             except Exception as exc:  # noqa: BLE001 -- a network blip or anything else: tried again next tick
-                log.warning("could not renew the lock %s: %s", self.uri, _one_line(exc))
+                log.warning("could not renew the lock %s: %s", self.uri, one_line(exc))

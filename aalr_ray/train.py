@@ -37,7 +37,7 @@ from .methods import Method, build_method
 from .models import build_model
 
 __all__ = ["RunConfig", "TrainingRun", "TRAINING_MODES", "EPOCH_LOSSES", "ROBUST_EVAL_DEFAULTS",
-           "resolve_device", "evaluate"]
+           "resolve_device", "evaluate", "load_run_data"]
 
 # What AALR (and plateau) judge: the mean training loss of the epoch (free; the
 # paper's no-overhead claim) or a clean no-grad pass over the training set.
@@ -150,17 +150,48 @@ def evaluate(model: torch.nn.Module, batches) -> tuple[float, float]:
     return float(total_loss) / count, float(correct) / count
 
 
-class TrainingRun:
-    """A run you iterate over, one metrics row per epoch; checkpointable at any epoch."""
+def load_run_data(config: RunConfig) -> Data:
+    """The dataset ``config`` names, as :class:`TrainingRun` loads it when given none."""
+    return load_dataset(config.dataset, data_dir=config.data_dir, augmentation=config.augmentation,
+                        smoke=config.smoke, train_limit=config.train_limit, test_limit=config.test_limit)
 
-    def __init__(self, config: RunConfig, data: Data | None = None):
+
+class TrainingRun:
+    """A run you iterate over, one metrics row per epoch; checkpointable at any epoch.
+
+    Args:
+        config: what to train.
+        data: the dataset (default: loaded from ``config``, :func:`load_run_data`).
+
+    Data-parallel hooks (:mod:`aalr_ray.distributed` sets them; the defaults
+    are a single process):
+
+    * ``shard=(rank, world_size)``: train on examples ``rank::world_size`` of
+      every global batch (default None: all of them). A sharded epoch never
+      stops early at a bad loss (every rank must take the same number of steps).
+    * ``reduce_loss(this shard's mean loss)`` -> the mean over every rank's
+      examples, applied to the epoch loss and J(theta_0) (default None: as is).
+    * ``wrap_model(model)`` -> the module the training steps run through, e.g.
+      ``DistributedDataParallel`` around the model (default None: the model).
+      Adversarial inputs are then made through the bare model: DDP expects one
+      backward per forward.
+
+    They are kept as the attributes ``shard``, ``reduce_loss`` and ``train_model``.
+    """
+
+    def __init__(self, config: RunConfig, data: Data | None = None, *,
+                 shard: tuple[int, int] | None = None,
+                 reduce_loss: Callable[[float], float] | None = None,
+                 wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+        if shard is not None:
+            rank, world_size = shard
+            if not 0 <= rank < world_size:
+                raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
         self.config = config
         if config.threads and config.threads > 0:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
-        self.data = data or load_dataset(config.dataset, data_dir=config.data_dir,
-                                         augmentation=config.augmentation, smoke=config.smoke,
-                                         train_limit=config.train_limit, test_limit=config.test_limit)
+        self.data = data or load_run_data(config)
         spec = self.data.spec
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, spec.num_classes, spec.input_shape,
@@ -173,20 +204,23 @@ class TrainingRun:
         # Adversarial training replaces a batch's inputs before the update,
         # and J(theta_0) is measured the same way, so AALR compares like with
         # like. None means natural training.
-        self.make_inputs: Callable | None = make_inputs(config.attack)
+        attack = make_inputs(config.attack)
         self.robust_eval = config.robust_eval_settings
         self.epoch = 0
         self.initial_loss: float | None = None
         # The last epoch's test metrics; summary() reuses them while the
         # weights are the ones they were measured on.
         self._last_eval: tuple[int, dict] | None = None
-        # Data-parallel hooks, set by aalr_ray.distributed; a single process leaves them alone.
-        # shard=(rank, world_size): train on examples rank::world_size of every global batch.
-        self.shard: tuple[int, int] | None = None
-        # reduce_loss(this shard's mean loss) -> the mean over every rank's examples.
-        self.reduce_loss: Callable[[float], float] | None = None
-        # The module the training steps run through (DistributedDataParallel around self.model).
-        self.train_model: torch.nn.Module = self.model
+        # Data-parallel hooks (see the class docstring); None for a single process.
+        self.shard: tuple[int, int] | None = tuple(shard) if shard is not None else None
+        self.reduce_loss: Callable[[float], float] | None = reduce_loss
+        # The module the training steps run through.
+        self.train_model: torch.nn.Module = self.model if wrap_model is None else wrap_model(self.model)
+        if attack is not None and self.train_model is not self.model:
+            bare = self.model
+            self.make_inputs = lambda _model, x, y: attack(bare, x, y)
+        else:
+            self.make_inputs = attack
 
     # ---------------------------------------------------------------- data
     def train_batches(self, epoch: int):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -42,13 +41,15 @@ import torch
 from ray import tune
 
 from .controller import atomic_torch_save
+# The epoch log's format lives in results (free of Ray); its names are imported from here too.
+from .results import ROWS_FILE, RowsError, read_rows, write_rows
 from .train import RunConfig, TrainingRun
 
 __all__ = ["aalr_trainable", "run_config_from", "resume", "train_next_epoch", "write_checkpoint_dir",
            "load_checkpoint_dir", "read_rows", "CheckpointError", "CHECKPOINT_FILE", "ROWS_FILE"]
 
 CHECKPOINT_FILE = "run.pt"
-ROWS_FILE = "epochs.jsonl"
+_write_rows = write_rows  # the name bench/ray_cost.py times the trainable's rows writer by
 _RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 
 
@@ -60,19 +61,6 @@ def run_config_from(config: dict) -> RunConfig:
     return RunConfig(**{k: v for k, v in config.items() if k in _RUN_FIELDS})
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a torn last line (a crash mid-write) is dropped."""
-    rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 def load_checkpoint_dir(directory: Path) -> tuple[dict, list[dict]]:
     """(run state, rows so far) from a checkpoint directory, or a CheckpointError naming the file."""
     path = Path(directory) / CHECKPOINT_FILE
@@ -80,14 +68,10 @@ def load_checkpoint_dir(directory: Path) -> tuple[dict, list[dict]]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/corrupt files
         raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    return state, read_rows(Path(directory) / ROWS_FILE)
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(tmp, path)
+    try:
+        return state, read_rows(Path(directory) / ROWS_FILE)
+    except RowsError as exc:
+        raise CheckpointError(f"cannot load checkpoint rows: {exc}") from None
 
 
 class _LiveLog:
@@ -95,13 +79,16 @@ class _LiveLog:
 
     def __init__(self, path: Path, rows: list[dict]):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_rows(path, rows)  # drops rows of epochs that will be trained again
+        write_rows(path, rows)  # drops rows of epochs that will be trained again
         self.file = open(path, "a")
 
     def append(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+
+    def close(self) -> None:
+        # A reused actor runs many trials: each closes its log when it ends.
+        self.file.close()
 
 
 def resume(run: TrainingRun, checkpoint) -> list[dict]:
@@ -131,7 +118,7 @@ def train_next_epoch(run: TrainingRun) -> dict:
 def write_checkpoint_dir(run: TrainingRun, rows: list[dict], directory: Path) -> None:
     """``run.pt`` (atomically) and ``epochs.jsonl`` into ``directory``, to be reported."""
     atomic_torch_save(run.state_dict(), Path(directory) / CHECKPOINT_FILE)
-    _write_rows(Path(directory) / ROWS_FILE, rows)
+    write_rows(Path(directory) / ROWS_FILE, rows)
 
 
 def live_log_dir() -> Path | None:
@@ -157,12 +144,15 @@ def aalr_trainable(config: dict) -> None:
     rows = resume(run, tune.get_checkpoint())
     directory = live_log_dir()
     live = _LiveLog(directory / ROWS_FILE, rows) if directory is not None else None
-
-    while run.epoch < run.config.epochs:
-        row = train_next_epoch(run)
-        rows.append(row)
+    try:
+        while run.epoch < run.config.epochs:
+            row = train_next_epoch(run)
+            rows.append(row)
+            if live is not None:
+                live.append(row)
+            with tempfile.TemporaryDirectory() as directory:
+                write_checkpoint_dir(run, rows, Path(directory))
+                tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
+    finally:
         if live is not None:
-            live.append(row)
-        with tempfile.TemporaryDirectory() as directory:
-            write_checkpoint_dir(run, rows, Path(directory))
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
+            live.close()

@@ -13,7 +13,8 @@ cannot change a running trial's config). The in-process trainable
     tests/test_equivalence.py, so that LR changes and a rollback happen
     within the epochs; everything else the paper's defaults) three ways on a local Ray
     with 2 CPUs, one trial each, side by side in one process, repeat by
-    repeat: aalr_trainable; a PBT-style trainable under AALRScheduler with
+    repeat: aalr_trainable; a PBT-style trainable (``aalr_ray.examples.pbt_trainable``,
+    with a test evaluation per epoch as aalr_trainable) under AALRScheduler with
     ``reuse_actors=True``; the same with ``reuse_actors=False``. Reported:
     wall time of ``Tuner.fit`` and its ratio to aalr_trainable's, restarts
     (``scheduler.restart_counts()``), seconds per restart (from the report
@@ -63,63 +64,6 @@ OPTIONS = {"phase1_patience": 3, "collapse_is_divergence": True}
 
 
 # ======================================================================= (a) real runs
-def pbt_trainable(config: dict) -> None:
-    """tests/tune_helpers.py::pbt_style_trainable plus a test evaluation per epoch
-    (aalr_trainable evaluates too) and timestamps for the restart gaps."""
-    import torch
-    from ray import tune
-
-    from aalr_ray.controller import atomic_torch_save, measure_loss, train_epoch
-    from aalr_ray.data import load_dataset
-    from aalr_ray.models import build_model
-    from aalr_ray.train import epoch_seed, evaluate
-
-    started = time.time()
-    torch.set_num_threads(1)
-    data = load_dataset("mnist1d")
-    spec = data.spec
-    torch.manual_seed(config["seed"])
-    model = build_model("mnist1d-cnn", spec.num_classes, spec.input_shape, mean=spec.mean, std=spec.std)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9, weight_decay=5e-4)
-    loss_fn = torch.nn.functional.cross_entropy
-
-    def batches(epoch):
-        return data.batches("train", 128, seed=config["seed"], epoch=epoch)
-
-    checkpoint = tune.get_checkpoint()
-    initial_loss = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / "state.pt", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # a loaded optimizer carries its old LR
-            group["lr"] = config["lr"]
-    else:
-        torch.manual_seed(epoch_seed(config["seed"], 0))
-        initial_loss = measure_loss(model, batches(0), loss_fn)
-    epoch = config.get("aalr_epochs_done", 0)
-    ready = time.time()
-    with open(config["log"], "a") as log:
-        log.write(json.dumps({"start": started, "ready": ready}) + "\n")
-    while True:  # the scheduler stops the trial
-        epoch += 1
-        torch.manual_seed(epoch_seed(config["seed"], epoch))
-        loss = train_epoch(model, optimizer, batches(epoch), loss_fn)
-        test_loss, test_acc = evaluate(model, data.batches("test", 128, seed=config["seed"], epoch=0))
-        metrics = {"train_loss": loss, "test_acc": test_acc, "lr_used": config["lr"], "data_epoch": epoch}
-        if initial_loss is not None:
-            metrics["initial_loss"] = initial_loss
-            initial_loss = None
-        with tempfile.TemporaryDirectory() as directory:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                              Path(directory) / "state.pt")
-            with open(config["log"], "a") as log:
-                log.write(json.dumps({"epoch": epoch, "lr": config["lr"], "loss": loss, "test_acc": test_acc,
-                                      "reported": time.time()}) + "\n")
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-
-
 def run_inprocess(epochs: int, tmp: Path, name: str) -> dict:
     from ray import tune
 
@@ -143,6 +87,7 @@ def run_inprocess(epochs: int, tmp: Path, name: str) -> dict:
 def run_scheduled(epochs: int, tmp: Path, name: str, reuse: bool) -> dict:
     from ray import tune
 
+    from aalr_ray.examples import pbt_trainable
     from aalr_ray.scheduler import AALRScheduler
 
     log = tmp / f"{name}.jsonl"
@@ -150,7 +95,7 @@ def run_scheduled(epochs: int, tmp: Path, name: str, reuse: bool) -> dict:
     started = time.perf_counter()
     results = tune.Tuner(
         tune.with_resources(pbt_trainable, {"cpu": 1}),
-        param_space={"seed": 0, "log": str(log)},
+        param_space={"seed": 0, "log": str(log), "evaluate": True},  # aalr_trainable evaluates too
         tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=reuse),
         run_config=tune.RunConfig(name=name, storage_path=str(tmp), verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
@@ -158,17 +103,16 @@ def run_scheduled(epochs: int, tmp: Path, name: str, reuse: bool) -> dict:
     wall = time.perf_counter() - started
     if results.errors:
         raise RuntimeError(f"{name}: {results.errors[0]}")
-    entries = [json.loads(line) for line in log.read_text().splitlines()]
-    trained = [e for e in entries if "epoch" in e]
+    trained = [json.loads(line) for line in log.read_text().splitlines()]  # a line per epoch
     gaps, last_report = [], None
-    for e in entries:
-        if "ready" in e and last_report is not None:
+    for e in trained:  # "ready" and "started" on the first epoch of each start of the trial
+        if e["ready"] is not None and last_report is not None:
             gaps.append(e["ready"] - last_report)
-        if "reported" in e:
-            last_report = e["reported"]
+        last_report = e["reported"]
     shutil.rmtree(tmp / name, ignore_errors=True)
     return {"wall_s": wall, "lrs": [e["lr"] for e in trained], "final_acc": trained[-1]["test_acc"],
-            "restarts": scheduler.restart_counts(), "gaps": gaps, "starts": sum("start" in e for e in entries)}
+            "restarts": scheduler.restart_counts(), "gaps": gaps,
+            "starts": sum(e["started"] is not None for e in trained)}
 
 
 def part_a(epochs: int, repeats: int) -> tuple[str, dict]:

@@ -48,7 +48,7 @@ class _NaNInEpochs(torch.nn.Module):
 
     Every training path seeds torch's global RNG with ``epoch_seed(seed, epoch)``
     right before each data epoch (aalr_ray.train.TrainingRun, and so the Ray
-    trainable; tests/tune_helpers.py's pbt_style_trainable), so the epoch is
+    trainable; aalr_ray.examples.pbt_trainable), so the epoch is
     ``torch.initial_seed()``: the NaN falls in the same epoch in every path and
     on every CPU, whatever the losses before it were. Eval-mode forwards (test
     metrics) and the J(theta_0) pass (epoch 0) are never NaN.

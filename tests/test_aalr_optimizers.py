@@ -391,15 +391,6 @@ def test_a_custom_optimizer_without_weight_decay_needs_weight_decay_0_in_a_grid(
 
 
 # ------------------------------------------------------ runs, grids, league
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from aalr_ray.data import load_dataset
-
-    directory = tmp_path_factory.mktemp("data")
-    load_dataset("mnist1d", data_dir=directory)
-    return str(directory)
-
-
 def test_quickstart_and_the_league_include_the_adam_methods():
     import sys
     from pathlib import Path

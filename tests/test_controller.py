@@ -208,3 +208,21 @@ def test_aalr_trains_digits_to_a_low_training_loss(digits):
     assert initial > 2.0
     assert aalr.best_loss == losses[-1] < 0.12, losses  # from ln(10): about 20 times lower
     assert losses[-1] < 0.85 * plain[-1], (losses, plain)  # the doublings paid off
+
+
+def test_the_loops_stay_importable_from_the_controller():
+    """The README's example imports them from aalr_ray.controller; they live in aalr_ray.loops."""
+    from aalr_ray import controller, loops
+
+    assert (controller.train_epoch, controller.measure_loss) == (loops.train_epoch, loops.measure_loss)
+
+
+def test_a_failed_checkpoint_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    from aalr_ray.controller import atomic_torch_save
+
+    path = tmp_path / "best.pt"
+    atomic_torch_save({"w": torch.ones(2)}, path)
+    with pytest.raises(Exception):  # noqa: B017 -- torch.save cannot pickle a lambda: it fails mid-write
+        atomic_torch_save({"w": torch.zeros(2), "f": lambda: 0}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]

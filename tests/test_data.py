@@ -373,7 +373,7 @@ def test_factory_dataset_with_data_dir(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     "path, words",
     [
-        ("no_such_module_xyz:make", "cannot import"),
+        ("no_such_module_xyz:make", "does not import"),
         ("data_factories:missing", "no attribute"),
         ("data_factories:broken", "boom with a second line"),
         ("data_factories:not_a_pair", "(train, test)"),

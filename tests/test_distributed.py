@@ -26,13 +26,6 @@ from aalr_ray.data import Data, load_dataset, load_mnist1d
 from aalr_ray.train import RunConfig, TrainingRun
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("data")
-    load_dataset("mnist1d", data_dir=directory)  # the cache every rank reads
-    return str(directory)
-
-
 def relative(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 

@@ -20,7 +20,7 @@ from ray import tune
 
 import factories
 import tune_helpers
-from aalr_ray.data import load_dataset
+from aalr_ray.examples import pbt_trainable
 from aalr_ray.scheduler import AALRScheduler
 from aalr_ray.train import RunConfig, TrainingRun
 from aalr_ray.trainable import aalr_trainable, load_checkpoint_dir
@@ -50,13 +50,6 @@ assert sorted(factories.NAN_EPOCHS) == [2, 9] and len(EXPECTED_LRS) == EPOCHS
 def same_losses(a, b):
     """Bit for bit, NaN included (NaN != NaN, and JSON hands back a new float object)."""
     return [repr(float(x)) for x in a] == [repr(float(x)) for x in b]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("data")
-    load_dataset("mnist1d", data_dir=directory)
-    return str(directory)
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +99,11 @@ def test_three_paths_give_the_same_lr_per_epoch(local_ray, data_dir, in_process,
     for key, value in run.model.state_dict().items():
         assert torch.equal(state["model"][key], value), key
 
-    # 3. An unmodified PBT-style trainable under AALRScheduler (restarts per LR change).
+    # 3. An unmodified PBT-style trainable (aalr_ray.examples) under AALRScheduler (restarts per LR change).
     scheduler = AALRScheduler(metric="train_loss", max_epochs=EPOCHS, **OPTIONS)
     tuner = tune.Tuner(
-        tune.with_resources(tune_helpers.pbt_style_trainable, {"cpu": 1}),
-        param_space={"model": MODEL, "seed": SEED, "data_dir": data_dir,
-                     "lr_log": str(tmp_path / "lr_log.jsonl")},
+        tune.with_resources(pbt_trainable, {"cpu": 1}),
+        param_space={"model": MODEL, "seed": SEED, "data_dir": data_dir, "log": str(tmp_path / "lr_log.jsonl")},
         tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True),
         run_config=tune.RunConfig(name="scheduler", storage_path=str(tmp_path), verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=None)))

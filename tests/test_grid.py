@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from aalr_ray.attacks import AttackConfig
-from aalr_ray.grid import GridError, expand, load_grid, parse_grid, smoke_configs
+from aalr_ray.grid import GridError, GridFile, expand, load_grid, parse_grid, smoke_configs
 from aalr_ray.methods import method_names
 
 JOBS = sorted((Path(__file__).resolve().parent.parent / "jobs").glob("*.yaml"))
@@ -73,7 +73,7 @@ def test_every_problem_is_reported_at_once_with_key_paths_and_choices():
                      "resources.cpu", "resources.tpu: unknown resource; choose from: cpu, gpu",
                      "method_options.adam.beta9: unknown option; choose from: betas, eps, lr",
                      "training[0]: unknown attack mode 'cw'; choose from natural, fgsm, pgd",
-                     "seeds: repeated seeds",
+                     "seeds[1]: 1 is listed twice",
                      "augmentations: 'cutout' does not apply to dataset 'mnist1d'; choose from: none"]:
         assert fragment in text
     assert all("\n" not in p for p in found)  # one line each
@@ -113,8 +113,10 @@ def test_import_path_model_and_dataset_factories():
     g = grid(models=["factories:nan_model"], datasets=["data_factories:tensor_pair"], seeds=1)
     assert {(c["model"], c["dataset"]) for c in expand(g)} == {("factories:nan_model", "data_factories:tensor_pair")}
     found = problems(models=["factories:no_such_thing"], datasets=["nowhere.module:make"])
-    assert any("cannot import 'factories:no_such_thing'" in p for p in found)
-    assert any("cannot import 'nowhere.module:make'" in p for p in found)
+    assert any(p.startswith("g.yaml: models[0]: model 'factories:no_such_thing': module 'factories' has no "
+                            "attribute 'no_such_thing'") for p in found)
+    assert "g.yaml: datasets[0]: dataset 'nowhere.module:make' does not import: ModuleNotFoundError: " \
+           "No module named 'nowhere'" in found
 
 
 def test_load_grid_uses_safe_yaml_and_reports_the_file(tmp_path):
@@ -415,8 +417,75 @@ def test_import_paths_whose_module_fails_are_one_line_each(tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     found = problems(datasets=["raises_on_import:make"], models=["broken_syntax:build", "exits_on_import:build"])
     assert found == [
-        "g.yaml: datasets[0]: cannot import 'raises_on_import:make': RuntimeError: boom",
-        "g.yaml: models[0]: cannot import 'broken_syntax:build': SyntaxError: invalid syntax (broken_syntax.py, line 1)",
-        "g.yaml: models[1]: cannot import 'exits_on_import:build': SystemExit: 4"]
+        "g.yaml: datasets[0]: dataset 'raises_on_import:make' does not import: RuntimeError: boom",
+        "g.yaml: models[0]: model 'broken_syntax:build' does not import: "
+        "SyntaxError: invalid syntax (broken_syntax.py, line 1)",
+        "g.yaml: models[1]: model 'exits_on_import:build' does not import: SystemExit: 4"]
     for module in ("raises_on_import", "broken_syntax", "exits_on_import"):
         monkeypatch.delitem(sys.modules, module, raising=False)
+
+
+# ------------------------------------------------- issue 13: the schema on pydantic
+@pytest.mark.parametrize("changes, line", [
+    ({"colour": "blue"}, "g.yaml: colour: unknown key; valid keys: name, epochs, seeds, datasets"),
+    ({"include": [{"method": "aalr", "colour": "red"}]}, "g.yaml: include[0].colour: unknown key; choose from: "
+                                                         "dataset, model, method, seed"),
+    ({"overrides": [{"match": {"method": "aalr"}, "set": {"epochs": 2}, "when": "now"}]},
+     "g.yaml: overrides[0].when: unknown key; choose from: match, set"),
+    ({"overrides": [{"match": {"method": "aalr"}, "set": {"lr": 1}}]},
+     "g.yaml: overrides[0].set.lr: cannot override; choose from: epochs, batch_size, weight_decay"),
+    ({"resources": {"cpu": 1, "tpu": 1}}, "g.yaml: resources.tpu: unknown resource; choose from: cpu, gpu"),
+    ({"robust_eval": {"subset": 10, "steps": 3}}, "g.yaml: robust_eval.steps: unknown key; choose from: eps, alpha, "
+                                                  "pgd_steps, subset"),
+])
+def test_an_unknown_key_is_refused_with_its_path(changes, line):
+    assert one_problem(**changes).startswith(line)
+
+
+def test_the_schema_knows_every_robust_eval_setting_a_run_takes():
+    from aalr_ray.grid import RobustEval
+    from aalr_ray.train import ROBUST_EVAL_DEFAULTS
+
+    assert list(RobustEval.keys()) == list(ROBUST_EVAL_DEFAULTS)
+
+
+def test_several_problems_at_every_level_are_reported_at_once_in_our_words():
+    found = problems(colour="blue", epochs=2.5, seeds=[0, -1], models=["mnist1d-cnn", 7],
+                     resources={"gpu": -1}, include=[{}], method_options={"aalr": {"lr": 0}},
+                     overrides=[{"match": {"method": "aalr"}, "set": {"batch_size": 0}}, {"set": {"epochs": 2}}],
+                     augmentations=["cutout"])
+    assert sorted(found) == sorted([
+        "g.yaml: colour: unknown key; valid keys: " + ", ".join(GridFile.keys()),
+        "g.yaml: epochs: expected a positive integer, got 2.5",
+        "g.yaml: seeds[1]: expected an integer seed in 0..2**63-1, got -1",
+        "g.yaml: models[1]: expected a model name, got 7",
+        "g.yaml: resources.gpu: expected a finite number >= 0 and <= 64 (fractions share a device), got -1",
+        "g.yaml: include[0]: expected a non-empty mapping of dataset, model, method, seed, batch_size, augmentation, "
+        "weight_decay, training, got {}",
+        "g.yaml: method_options.aalr.lr: expected a finite number > 0, got 0",
+        "g.yaml: overrides[0].set.batch_size: expected a positive integer, got 0",
+        "g.yaml: overrides[1].match: missing (a mapping: the trials to change)",
+        # a check per trial, on the valid part of the file
+        "g.yaml: augmentations: 'cutout' does not apply to dataset 'mnist1d'; choose from: none, or exclude the pair",
+    ])
+    assert not any("pydantic" in line or "Input should" in line for line in found)
+
+
+def test_an_import_path_may_name_a_dotted_attribute(tmp_path, monkeypatch):
+    (tmp_path / "dotted_zoo.py").write_text("from factories import nan_model\n\n\nclass Zoo:\n"
+                                            "    nan = staticmethod(nan_model)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    g = grid(models=["dotted_zoo:Zoo.nan"], seeds=1, methods=["aalr"])
+    assert [c["model"] for c in expand(g)] == ["dotted_zoo:Zoo.nan"]
+    assert "models[0]: model 'dotted_zoo:Zoo.missing': module 'dotted_zoo' has no attribute 'Zoo.missing'" \
+        in one_problem(models=["dotted_zoo:Zoo.missing"])
+    monkeypatch.delitem(sys.modules, "dotted_zoo", raising=False)
+
+
+def test_importing_the_grid_module_loads_neither_torch_nor_ray():
+    import subprocess
+
+    code = "import sys, aalr_ray.grid; print([m for m in ('torch', 'ray') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]", out

@@ -15,15 +15,6 @@ from aalr_ray.train import RunConfig, TrainingRun
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from aalr_ray.data import load_dataset
-
-    directory = tmp_path_factory.mktemp("data")
-    load_dataset("mnist1d", data_dir=directory)
-    return str(directory)
-
-
 def write_job(path, **fields):
     job = {"name": "tiny", "epochs": 3, "seeds": 2, "datasets": ["mnist1d"], "models": ["mnist1d-cnn"],
            "methods": ["aalr", "step"], "max_concurrent": 2, **fields}

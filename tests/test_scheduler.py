@@ -9,20 +9,19 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from ray import tune
-from ray.train import Checkpoint, CheckpointConfig
-from ray.tune import PlacementGroupFactory
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from aalr_ray.core import AALR, Action
+from aalr_ray.examples import pbt_loop
 from aalr_ray.scheduler import STATE_KEY, AALRScheduler
+from tune_helpers import register, stub_trial
 
 CONTINUE, PAUSE, STOP, NOOP = (TrialScheduler.CONTINUE, TrialScheduler.PAUSE, TrialScheduler.STOP,
                                TrialScheduler.NOOP)
@@ -76,22 +75,6 @@ class FakeController:
     def stop_trial(self, trial):
         self.stopped.append(trial.trial_id)
         trial.set_status(Trial.TERMINATED)
-
-
-def stub_trial(config=None, num_to_keep=None):
-    trial = Trial("aalr_stub", stub=True, config=dict(config or {"seed": 0}),
-                  checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep))
-    trial.placement_group_factory = PlacementGroupFactory([{"CPU": 1}])  # for JSON snapshots
-    trial.set_status(Trial.RUNNING)
-    return trial
-
-
-def register(trial, name, metrics):
-    """What the controller does with a saved checkpoint (test-only use of Ray internals)."""
-    from ray.train._internal.session import _TrainingResult
-
-    checkpoint = Checkpoint(path=f"/nonexistent/{trial.trial_id}/{name}")
-    trial.run_metadata.checkpoint_manager.register_checkpoint(_TrainingResult(checkpoint, dict(metrics)))
 
 
 def checkpoint_name(trial):
@@ -405,39 +388,19 @@ def _set_lr(opt, lr):
 
 
 def pbt_trainable(config):
-    """A trainable written for PBT: restore model + optimizer, then set the LR."""
+    """A trainable written for PBT (aalr_ray.examples.pbt_loop) on the synthetic task. Its
+    data order follows the checkpoint's epoch, which a rollback rewinds, as in replay()."""
     started = time.time()
     torch.set_num_threads(1)
     seed, lr = config["seed"], config["lr"]
     x, y = _data(seed)
     model, opt = _model(seed, lr)
-    epoch, initial_loss = 0, None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory, "state.pt"), weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        epoch = state["epoch"]
-    else:
-        initial_loss = _full_loss(model, x, y)
-    _set_lr(opt, lr)  # after load_state_dict, which brings the old LR back
-    while epoch < config["max_epochs"]:
-        loss = _reported(_train_epoch(model, opt, x, y, seed, epoch), lr, epoch + 1)
-        epoch += 1
-        row = {"epoch": epoch, "lr": lr, "loss": loss, "initial_loss": initial_loss,
-               "started": started, "reported": time.time(), "pid": os.getpid()}
-        with open(config["log"], "a") as f:
-            f.write(json.dumps(row) + "\n")
-        metrics = {"train_loss": loss}
-        if initial_loss is not None:
-            metrics["initial_loss"] = initial_loss
-            initial_loss = None
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch},
-                       Path(directory, "state.pt"))
-            tune.report(metrics, checkpoint=Checkpoint.from_directory(directory))
-        started = None
+
+    def one_epoch(epoch):  # the 1-based lineage epoch
+        return _reported(_train_epoch(model, opt, x, y, seed, epoch - 1), lr, epoch), {}
+
+    pbt_loop(config, model, opt, one_epoch, lambda: _full_loss(model, x, y), started=started,
+             epoch_from_checkpoint=True)
 
 
 def replay(seed, max_epochs, **core_args):
@@ -504,17 +467,7 @@ def restart_seconds(rows):
     return [row["started"] - prev["reported"] for prev, row in zip(rows, rows[1:]) if row["started"]]
 
 
-# ----------------------------------------------------------------- real local Ray
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
+# ----------------------------------------------------------------- real local Ray (conftest's local_ray)
 def make_tuner(storage, name, log, callbacks=()):
     return tune.Tuner(
         tune.with_resources(pbt_trainable, {"cpu": 1}),
@@ -527,7 +480,7 @@ def make_tuner(storage, name, log, callbacks=()):
 
 
 @pytest.fixture(scope="module")
-def reference_run(ray_local, tmp_path_factory):
+def reference_run(local_ray, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("aalr_sched")
     log = tmp / "reference.jsonl"
     start = time.time()

@@ -125,6 +125,29 @@ def test_a_checkpoint_of_another_run_is_refused(mnist1d):
         other.load_state_dict(run.state_dict())
 
 
+def test_data_parallel_hooks_are_constructor_arguments(mnist1d):
+    """One rank of one (shard (0, 1), identity hooks) is the single-process run, and uses the hooks."""
+    plain = strip(TrainingRun(config("aalr", epochs=2), data=mnist1d))
+    reduced, wrapped = [], []
+
+    def reduce_loss(loss):
+        reduced.append(loss)
+        return loss
+
+    def wrap_model(model):
+        wrapped.append(model)
+        return torch.nn.Sequential(model)  # another module around the same weights
+
+    run = TrainingRun(config("aalr", epochs=2), data=mnist1d, shard=(0, 1), reduce_loss=reduce_loss,
+                      wrap_model=wrap_model)
+    assert run.shard == (0, 1) and run.reduce_loss is reduce_loss and wrapped == [run.model]
+    assert run.train_model is not run.model
+    assert strip(run) == plain
+    assert len(reduced) == 3  # J(theta_0) and the two epoch losses
+    with pytest.raises(ValueError, match="rank"):
+        TrainingRun(config("aalr"), data=mnist1d, shard=(2, 2))
+
+
 def test_digits_small_cnn_learns(tmp_path):
     run = TrainingRun(RunConfig(model="small-cnn", dataset="digits", method="aalr", epochs=3,
                                 data_dir=str(tmp_path)))

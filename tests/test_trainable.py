@@ -12,20 +12,12 @@ import torch
 from ray import tune
 
 import tune_helpers
-from aalr_ray.data import load_dataset
 from aalr_ray.train import RunConfig, TrainingRun
 from aalr_ray.trainable import CHECKPOINT_FILE, ROWS_FILE, aalr_trainable, load_checkpoint_dir, read_rows
 
 pytestmark = pytest.mark.ray
 TIMINGS = ("epoch_s", "eval_s", "final_test_loss", "final_test_acc", "epochs", "epochs_done")
 EPOCHS = 14  # ConvBase on MNIST-1D: phase 1 ends at 10, then doublings and a second try
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("data")
-    load_dataset("mnist1d", data_dir=directory)  # generate the cache once for every trial
-    return str(directory)
 
 
 def space(data_dir, **overrides):

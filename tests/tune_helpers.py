@@ -80,62 +80,26 @@ if __name__ == "__main__":  # python tune_helpers.py STORAGE NAME PARAM_SPACE_JS
     tuner(slow_trainable, space, storage, name, max_failures).fit()
 
 
-def pbt_style_trainable(config):
-    """A trainable written for PBT, unaware of AALR: SGD at config["lr"], a checkpoint
-    (model, optimizer, epoch) and the training loss every epoch, J(theta_0) first.
+# ------------------------------------------------- stub trials for the scheduler's unit tests
+def stub_trial(config=None, num_to_keep=None):
+    """A Tune Trial that never runs, in RUNNING state: what a scheduler sees of a live trial."""
+    from ray.train import CheckpointConfig
+    from ray.tune import PlacementGroupFactory
+    from ray.tune.experiment import Trial
 
-    It builds the same pieces as aalr_ray's own run (config["model"], default
-    mnist1d-cnn (ConvBase), MNIST-1D, SGD with momentum 0.9 and weight decay 5e-4)
-    so the test can compare the three paths; like TrainingRun it seeds torch with
-    epoch_seed(seed, epoch) before each epoch (0: the J(theta_0) pass).
-    Its data epoch is config["aalr_epochs_done"] + 1 after a restart: the count of
-    epochs trained, which a rollback does not rewind.
-    """
-    import tempfile
+    trial = Trial("aalr_stub", stub=True, config=dict(config or {"seed": 0}),
+                  checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep))
+    trial.placement_group_factory = PlacementGroupFactory([{"CPU": 1}])  # for JSON snapshots
+    trial.set_status(Trial.RUNNING)
+    return trial
 
-    import torch
 
-    from aalr_ray.controller import atomic_torch_save, measure_loss, train_epoch
-    from aalr_ray.data import load_dataset
-    from aalr_ray.models import build_model
-    from aalr_ray.train import epoch_seed
+def register(trial, name, metrics):
+    """What Tune's controller does with a saved checkpoint; returns the checkpoint."""
+    from ray.train import Checkpoint
 
-    torch.set_num_threads(1)
-    data = load_dataset("mnist1d", data_dir=config["data_dir"])
-    spec = data.spec
-    torch.manual_seed(config["seed"])
-    model = build_model(config.get("model", "mnist1d-cnn"), spec.num_classes, spec.input_shape,
-                        mean=spec.mean, std=spec.std)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9, weight_decay=5e-4)
-    loss_fn = torch.nn.functional.cross_entropy
+    from aalr_ray import _ray_compat
 
-    def batches(epoch):
-        return data.batches("train", 128, seed=config["seed"], epoch=epoch)
-
-    checkpoint = tune.get_checkpoint()
-    initial_loss = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / "state.pt", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # a loaded optimizer carries its old LR
-            group["lr"] = config["lr"]
-    else:
-        torch.manual_seed(epoch_seed(config["seed"], 0))
-        initial_loss = measure_loss(model, batches(0), loss_fn)
-    epoch = config.get("aalr_epochs_done", 0)
-    while True:  # the scheduler stops the trial
-        epoch += 1
-        torch.manual_seed(epoch_seed(config["seed"], epoch))
-        loss = train_epoch(model, optimizer, batches(epoch), loss_fn)
-        with open(config["lr_log"], "a") as log:  # every trained epoch, rolled back or not
-            log.write(json.dumps({"epoch": epoch, "lr": config["lr"], "loss": loss}) + "\n")
-        metrics = {"train_loss": loss, "lr_used": config["lr"], "data_epoch": epoch}
-        if initial_loss is not None:
-            metrics["initial_loss"] = initial_loss
-            initial_loss = None
-        with tempfile.TemporaryDirectory() as directory:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                              Path(directory) / "state.pt")
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    checkpoint = Checkpoint(path=f"/nonexistent/{trial.trial_id}/{name}")
+    trial.run_metadata.checkpoint_manager.register_checkpoint(_ray_compat.training_result(checkpoint, dict(metrics)))
+    return checkpoint

@@ -36,6 +36,7 @@ Determinism: the order and augmentation of an epoch depend only on
 from __future__ import annotations
 
 import pathlib
+from dataclasses import dataclass
 
 from .augment import VALID_AUGMENTATIONS, Augmenter
 from .batching import Data, default_num_workers
@@ -43,6 +44,7 @@ from .sources import (
     SMOKE_TEST,
     SMOKE_TRAIN,
     TORCHVISION,
+    Split,
     load_digits,
     load_factory,
     load_mnist1d,
@@ -94,6 +96,70 @@ def _limit(value, what: str) -> int | None:
     return value
 
 
+def _check_request(name: str, augmentation: str) -> None:
+    """DataError unless ``name`` is a known dataset (or a factory path) that takes ``augmentation``."""
+    if augmentation not in AUGMENTATIONS:
+        raise DataError(f"unknown augmentation {augmentation!r}; choose from {', '.join(AUGMENTATIONS)}")
+    if ":" not in name and name not in _NAMES:
+        raise DataError(
+            f"unknown dataset {name!r}; choose from {', '.join(_NAMES)} "
+            f"or give a 'package.module:function' factory"
+        )
+    valid = valid_augmentations(name)
+    if augmentation not in valid:
+        raise DataError(
+            f"augmentation {augmentation!r} is not supported for dataset {name!r}; "
+            f"choose from {', '.join(valid)}"
+        )
+
+
+@dataclass
+class _Loaded:
+    """Both splits as loaded, with what the source fixes: the class count and the channel statistics."""
+
+    train: Split
+    test: Split
+    num_classes: int = 10  # mnist1d, digits, synthetic
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # None: measured on train
+
+
+def _load_splits(name: str, root: pathlib.Path, download: bool, smoke: bool) -> _Loaded:
+    if ":" in name:
+        made = load_factory(name, root)
+        return _Loaded(made.train, made.test, made.num_classes)
+    if name in TORCHVISION:
+        info = TORCHVISION[name]
+        if smoke:  # no files needed: a synthetic stand-in of the same shape, classes and statistics
+            train, test = synthetic_images(
+                SMOKE_TRAIN, SMOKE_TEST, info.num_classes, info.input_shape, info.mean, info.std, _SMOKE_SEED
+            )
+        else:
+            train, test = load_torchvision(name, root, download)
+        return _Loaded(train, test, info.num_classes, (info.mean, info.std))
+    if name == "mnist1d":
+        return _Loaded(*load_mnist1d(root))
+    if name == "digits":
+        return _Loaded(*load_digits())
+    return _Loaded(*load_synthetic())
+
+
+def _first(split: Split, limit: int | None) -> Split:
+    return split if limit is None else (split[0][:limit], split[1][:limit])
+
+
+def _spec(name: str, loaded: _Loaded) -> DatasetSpec:
+    mean, std = loaded.stats if loaded.stats is not None else channel_stats(loaded.train[0])
+    return DatasetSpec(
+        name=name,
+        num_classes=loaded.num_classes,
+        input_shape=tuple(int(s) for s in loaded.train[0].shape[1:]),
+        mean=tuple(mean),
+        std=tuple(std),
+        train_size=len(loaded.train[1]),
+        test_size=len(loaded.test[1]),
+    )
+
+
 def load_dataset(
     name: str,
     *,
@@ -115,63 +181,16 @@ def load_dataset(
     batches (default: :func:`default_num_workers`).
     Raises :class:`DataError` (one line) on any problem the user can fix.
     """
-    if augmentation not in AUGMENTATIONS:
-        raise DataError(f"unknown augmentation {augmentation!r}; choose from {', '.join(AUGMENTATIONS)}")
-    is_factory = ":" in name
-    if not is_factory and name not in _NAMES:
-        raise DataError(
-            f"unknown dataset {name!r}; choose from {', '.join(_NAMES)} "
-            f"or give a 'package.module:function' factory"
-        )
-    valid = valid_augmentations(name)
-    if augmentation not in valid:
-        raise DataError(
-            f"augmentation {augmentation!r} is not supported for dataset {name!r}; "
-            f"choose from {', '.join(valid)}"
-        )
+    _check_request(name, augmentation)
     train_limit = _limit(train_limit, "train_limit")
     test_limit = _limit(test_limit, "test_limit")
     root = pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir()
-
-    num_classes, fixed_stats = None, None
-    if is_factory:
-        made = load_factory(name, root)
-        train, test, num_classes = made.train, made.test, made.num_classes
-    elif name in TORCHVISION:
-        info = TORCHVISION[name]
-        num_classes, fixed_stats = info.num_classes, (info.mean, info.std)
-        if smoke:
-            train, test = synthetic_images(
-                SMOKE_TRAIN, SMOKE_TEST, info.num_classes, info.input_shape, info.mean, info.std, _SMOKE_SEED
-            )
-        else:
-            train, test = load_torchvision(name, root, download)
-    elif name == "mnist1d":
-        train, test = load_mnist1d(root)
-    elif name == "digits":
-        train, test = load_digits()
-    else:
-        train, test = load_synthetic()
-
+    loaded = _load_splits(name, root, download, smoke)
     if smoke:
         train_limit = min(train_limit or SMOKE_TRAIN, SMOKE_TRAIN)
         test_limit = min(test_limit or SMOKE_TEST, SMOKE_TEST)
-    if train_limit is not None:
-        train = (train[0][:train_limit], train[1][:train_limit])
-    if test_limit is not None:
-        test = (test[0][:test_limit], test[1][:test_limit])
-
-    if num_classes is None:  # mnist1d, digits, synthetic
-        num_classes = 10
-    mean, std = fixed_stats if fixed_stats is not None else channel_stats(train[0])
-    spec = DatasetSpec(
-        name=name,
-        num_classes=num_classes,
-        input_shape=tuple(int(s) for s in train[0].shape[1:]),
-        mean=tuple(mean),
-        std=tuple(std),
-        train_size=len(train[1]),
-        test_size=len(test[1]),
-    )
+    loaded.train, loaded.test = _first(loaded.train, train_limit), _first(loaded.test, test_limit)
+    spec = _spec(name, loaded)
     augmenter = None if augmentation == "none" else Augmenter(augmentation, name, spec.mean)
-    return Data(spec, train, test, augmentation=augmentation, augmenter=augmenter, num_workers=num_workers)
+    return Data(spec, loaded.train, loaded.test, augmentation=augmentation, augmenter=augmenter,
+                num_workers=num_workers)

@@ -6,14 +6,11 @@ tensors: x uint8 images (N, C, H, W) in 0..255 or float32 (N, *shape), y int64.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
-import os
 import pathlib
 import random
 import socket
-import tempfile
 import threading
 import urllib.parse
 import warnings
@@ -23,7 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .spec import DataError, one_line
+from ..errors import one_line
+from ..files import atomic_open
+from ..imports import ImportPathError, is_import_path, load_callable
+from .spec import DataError
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -245,7 +245,7 @@ def load_mnist1d(root: pathlib.Path) -> tuple[Split, Split]:
     downloader): 4000 train / 1000 test sequences of 40 features, 10
     classes. The features are standardised by the generator, not in [0, 1],
     and are kept as they are. Generation takes ~2 s, hence the cache; it is
-    written atomically (temp file + os.replace) so concurrent trials are safe.
+    written atomically (files.atomic_open) so concurrent trials are safe.
     """
     path = mnist1d_cache_path(root)
     arrays = None
@@ -258,15 +258,8 @@ def load_mnist1d(root: pathlib.Path) -> tuple[Split, Split]:
     if arrays is None:
         arrays = _make_mnist1d()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist1d-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, **arrays)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            with atomic_open(path, "wb") as f:
+                np.savez(f, **arrays)
         except OSError as exc:  # read-only data dir: work without the cache
             warnings.warn(f"could not cache MNIST-1D in {path.parent}: {exc}", stacklevel=3)
 
@@ -297,23 +290,12 @@ def load_factory(path: str, root: pathlib.Path) -> FactoryData:
     0..255 and delivered in [0, 1]; anything else as float32 unchanged.
     num_classes is ``len(train.classes)`` when present, else max label + 1.
     """
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
+    if not is_import_path(path):
         raise DataError(f"dataset {path!r}: expected 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise DataError(
-            f"dataset {path!r}: cannot import module {module_name!r} "
-            f"({type(exc).__name__}: {exc})"
-        ) from None
-    fn = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise DataError(f"dataset {path!r}: module {module_name!r} has no attribute {attr!r}")
-    if not callable(fn):
-        raise DataError(f"dataset {path!r}: {attr!r} is not callable")
+        fn = load_callable(path, "dataset")
+    except ImportPathError as exc:  # one line naming the path and the cause
+        raise DataError(exc) from None
     try:
         result = fn(data_dir=root) if _takes_data_dir(fn) else fn()
     except DataError:

@@ -1,4 +1,4 @@
-"""Small shared pieces: the dataset spec, the one-line error, seed mixing."""
+"""Small shared pieces: the dataset spec, the dataset error, seed mixing."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import one_line  # noqa: F401 (data.spec.one_line stays importable)
+
 AUGMENTATIONS = ("none", "standard", "cutout", "random-erasing")
 
 
@@ -14,15 +16,12 @@ class DataError(ValueError):
     """A dataset problem the user can fix; the message is always one line.
 
     Command-line code prints it as ``error: <msg>`` with no traceback, so
-    newlines in wrapped exception texts are folded into spaces here.
+    newlines in wrapped exception texts are folded into spaces here. Not cut
+    short: the end of a message says what to do (the texts it wraps are).
     """
 
     def __init__(self, message: object) -> None:
-        super().__init__(one_line(message))
-
-
-def one_line(message: object) -> str:
-    return " ".join(str(message).split())
+        super().__init__(one_line(message, limit=None))
 
 
 @dataclass(frozen=True)

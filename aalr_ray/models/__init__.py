@@ -29,7 +29,6 @@ as ``function(num_classes=..., input_shape=...)`` and must return a module.
 """
 from __future__ import annotations
 
-import importlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -37,6 +36,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..imports import ImportPathError, load_callable
 from . import resnet, simplenet, small, vgg, wide_resnet
 
 __all__ = [
@@ -151,10 +151,6 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _as_shape(name: str, input_shape: Sequence[int]) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in input_shape)
@@ -169,16 +165,10 @@ def _as_shape(name: str, input_shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _import_factory(path: str) -> Callable[..., nn.Module]:
-    module_name, _, attr = path.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # ImportError, AttributeError, errors at import time
-        raise ValueError(_one_line(
-            f"cannot load model factory {path!r} (expected 'package.module:function'): "
-            f"{type(exc).__name__}: {exc}")) from None
-    if not callable(factory):
-        raise ValueError(f"model factory {path!r} is not callable")
-    return factory
+        return load_callable(path, "model factory")
+    except ImportPathError as exc:  # one line naming the path and the cause; a plain ValueError, as ever
+        raise ValueError(str(exc)) from None
 
 
 def _with_normalize(net: nn.Module, mean, std, shape: tuple[int, ...]) -> nn.Module:
