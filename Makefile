@@ -34,7 +34,7 @@ bench: $(STAMP)
 # to one worker): the Ray tests spend most of their time waiting for actors to
 # start, so two at once on 2 cores take about half the wall time of one.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -4,21 +4,29 @@
 
 Writes ``report.md`` (the paper's table layout: rows models, columns methods,
 cells mean +- std over seeds, the best cell per row in bold) and PNG figures
-(LR trajectories per trial on a log scale, like the paper's Figures 1-2; test
-accuracy and training loss per epoch) into the experiment directory. It reads
+into the experiment directory, per dataset and training mode: the LR on a log
+scale with AALR's actions marked (like the paper's Figures 1-2; a grid over
+batch size or augmentation gets a colour per value), test accuracy and training
+loss, each as the mean over seeds with a min-max band and a panel per model,
+and every trial's own lines in ``trials_*.png``. A method has the same colour
+and line style in every figure of every report (``METHOD_STYLES``). It reads
 only ``epochs.parquet`` and ``trials.parquet``, so it runs anywhere the files
 are, e.g. on a laptop after copying results from S3.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import statistics
 import sys
 import tempfile
+import textwrap
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import storage as store
 from .errors import one_line
@@ -150,8 +158,272 @@ def _time_to_target(row_keys, methods, cells, rows_by_trial) -> list[str]:
 
 
 # ------------------------------------------------------------------- figures
-def _plots(trials: list[dict], epochs: list[dict], directory: Path) -> list[tuple[str, str]]:
-    """PNG files per (dataset, mode): LR trajectories, test accuracy, training loss."""
+# One fixed style per registered method, the same in every figure of every report: a colour and a
+# line style, no (colour, line style) pair used twice. The AALR family is warm and solid/dashed,
+# the SGD schedules blue-green, the adaptive and parameter-free optimizers the rest. This table is
+# here, not in aalr_ray.methods, because that module imports torch and the report must not;
+# tests/test_report_figures.py checks that it covers aalr_ray.methods.method_names().
+METHOD_STYLES: dict[str, tuple[str, str]] = {
+    "aalr": ("#d62728", "-"),              # red
+    "aalr-robust": ("#7f0000", "--"),      # maroon
+    "aalr-adam": ("#ff7f0e", "-"),         # orange
+    "aalr-robust-adam": ("#a65628", "--"),  # brown-orange
+    "step": ("#1f77b4", "-"),              # blue
+    "sgdr": ("#17becf", "-."),             # cyan
+    "clr": ("#2ca02c", "-."),              # green
+    "plateau": ("#9467bd", ":"),           # purple
+    "adam": ("#e377c2", "-"),              # pink
+    "sgd-hd": ("#8c564b", "-."),           # brown
+    "dadapt": ("#7f7f7f", "--"),           # grey
+    "dog": ("#bcbd22", ":"),               # olive
+    "prodigy": ("#000000", "--"),          # black
+    "schedule-free": ("#393b79", ":"),     # navy
+}
+# Unknown names (an import path, a method added later): a colour not in the table, picked by a
+# stable hash of the name (not hash(), which changes per process), so never a registered pair.
+_FALLBACK_COLOURS = ("#6a3d9a", "#b15928", "#1b9e77", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+                     "#fb9a99", "#80b1d3")
+_LINESTYLES = ("-", "--", "-.", ":")
+# AALR's actions on the LR plots: (marker, legend text), drawn where the row's epoch ended.
+ACTION_MARKERS = {
+    "double": ("^", "AALR: new best, LR doubled"),
+    "halve": ("v", "AALR: no gain, LR halved"),
+    "restore_best": ("X", "AALR: rollback to best, LR halved"),
+    "restore_initial": ("o", "AALR: restart from θ₀, LR halved"),
+}
+DPI = 150
+PANEL_W, PANEL_H, TITLE_H, LEGEND_W = 4.6, 3.4, 0.7, 2.9  # inches
+MAX_COLUMNS = 3  # mean figures wrap models into rows of at most this many panels
+METRICS = (("lr", "learning rate", True), ("test_acc", "test accuracy", False), ("train_loss", "training loss", True))
+# Grids over these fields keep the paper's Figures 1-2 layout: a colour per value, a panel per model.
+VARIANT_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                   "#bcbd22", "#7f7f7f")
+
+
+def method_style(name: str) -> tuple[str, str]:
+    """(colour, line style) of method ``name``: the fixed table's, or a stable fallback for other names."""
+    if name in METHOD_STYLES:
+        return METHOD_STYLES[name]
+    digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+    return (_FALLBACK_COLOURS[digest % len(_FALLBACK_COLOURS)],
+            _LINESTYLES[(digest // len(_FALLBACK_COLOURS)) % len(_LINESTYLES)])
+
+
+def _styles(names) -> dict[str, tuple[str, str]]:
+    """The styles of ``names`` in one figure: two unknown names that hash alike move on, in sorted order."""
+    styles = {n: METHOD_STYLES[n] for n in names if n in METHOD_STYLES}
+    taken = set(styles.values())
+    pairs = [(c, s) for s in _LINESTYLES for c in _FALLBACK_COLOURS]
+    for name in sorted(n for n in set(names) if n not in METHOD_STYLES):
+        start = pairs.index(method_style(name))
+        styles[name] = next((p for p in pairs[start:] + pairs[:start] if p not in taken), pairs[start])
+        taken.add(styles[name])
+    return styles
+
+
+def lr_actions(rows: list[dict]) -> list[tuple[int, float, str]]:
+    """(epoch, lr, kind) of AALR's actions in one trial's rows (sorted by epoch), from the ``action``
+    column: save_best doubles the LR, restore_best and restore_initial roll back (and halve it), and
+    a ``continue`` after which the LR falls is a failed second try (halved, weights kept). Rows of
+    other methods have no action and give nothing."""
+    found = []
+    for i, row in enumerate(rows):
+        action, lr = row.get("action"), row.get("lr")
+        if not action or not _finite([lr]):
+            continue
+        if action == "save_best":
+            found.append((row["epoch"], lr, "double"))
+        elif action in ("restore_best", "restore_initial"):
+            found.append((row["epoch"], lr, action))
+        elif action == "continue" and i + 1 < len(rows) and _finite([rows[i + 1].get("lr")]) \
+                and rows[i + 1]["lr"] < 0.75 * lr:
+            found.append((row["epoch"], lr, "halve"))
+    return found
+
+
+def _wrap(text: str, inches: float, points: float) -> str:
+    """``text`` wrapped to fit ``inches`` at ``points`` (a character is at most ~0.62 em wide)."""
+    return textwrap.fill(text, width=max(12, int(inches * 72 / (0.62 * points))), break_on_hyphens=False)
+
+
+def _series(rows: list[dict], metric: str, log: bool) -> tuple[list, list]:
+    xs = [r["epoch"] for r in rows]
+    ys = [r.get(metric) if _finite([r.get(metric)]) and (not log or r.get(metric) > 0) else math.nan for r in rows]
+    if metric == "lr" and rows:  # epoch e trains from e-1 to e at its LR; actions sit at its end
+        xs, ys = [xs[0] - 1] + xs, [ys[0]] + ys
+    return xs, ys
+
+
+def _band(trial_rows: list[list[dict]], metric: str, log: bool) -> tuple[list, list, list, list]:
+    """Per epoch over the seeds: (epochs, mean, min, max); the mean is geometric on log scales."""
+    values: dict[float, list[float]] = defaultdict(list)
+    for rows in trial_rows:
+        xs, ys = _series(rows, metric, log)
+        for x, y in zip(xs, ys):
+            if not math.isnan(y):
+                values[x].append(y)
+    epochs = sorted(values)
+    means = [math.exp(statistics.fmean(math.log(v) for v in values[e])) if log else statistics.fmean(values[e])
+             for e in epochs]
+    return epochs, means, [min(values[e]) for e in epochs], [max(values[e]) for e in epochs]
+
+
+def _figure(plt, panels: int, rows: int, columns: int):
+    """(figure, panels' subfigure, legend's subfigure, axes): the legend has a column of its own at the
+    right, so it never covers data or the title; constrained layout keeps every label inside."""
+    fig = plt.figure(figsize=(PANEL_W * columns + LEGEND_W, PANEL_H * rows + TITLE_H), dpi=DPI,
+                     layout="constrained")
+    main, side = fig.subfigures(1, 2, width_ratios=[PANEL_W * columns, LEGEND_W], wspace=0)
+    axes = main.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat[panels:]:
+        ax.set_visible(False)
+    return fig, main, side, axes
+
+
+def _finish_axes(ax, title: str, xlabel: str, ylabel: str, log: bool) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(_wrap(title, PANEL_W - 0.6, 11), fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both" if not log else "major")
+
+
+def _legend(side, handles: list) -> None:
+    for handle in handles:
+        handle.set_label(_wrap(handle.get_label(), LEGEND_W - 0.6, 8))
+    if handles:
+        side.legend(handles=handles, loc="upper left", fontsize=8, frameon=False, borderaxespad=0.2)
+
+
+def _mark_actions(ax, rows: list[dict], colour: str, kinds_seen: set) -> None:
+    by_kind: dict[str, list] = defaultdict(list)
+    for epoch, lr, kind in lr_actions(rows):
+        by_kind[kind].append((epoch, lr))
+    for kind, points in by_kind.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], linestyle="none", marker=ACTION_MARKERS[kind][0],
+                markersize=6, markerfacecolor=colour, markeredgecolor="black", markeredgewidth=0.7, zorder=4,
+                gid=f"action:{kind}")
+        kinds_seen.add(kind)
+
+
+@dataclass
+class _Plan:
+    """What the figures of one (dataset, training mode) group draw: its lines and their styles."""
+
+    dataset: str
+    mode: str
+    group: list[dict]
+    models: list[str]
+    labels: list[str]  # one legend entry (a line) each
+    label: Callable[[dict], str]
+    style: Callable[[dict], tuple]  # a trial's (colour, line style)
+    style_of: dict[str, tuple]  # the same, per label
+    cells: dict[tuple, list[dict]]  # (model, label) -> the seeds of that line
+    seeds: int
+
+    @property
+    def stem(self) -> str:
+        return f"{self.dataset.replace(':', '_').replace('.', '_')}_{self.mode}"
+
+
+def _plan(dataset: str, mode: str, group: list[dict]) -> _Plan:
+    """Colour by method; or, for a grid over batch size or augmentation, by that value (the paper's
+    Figures 1-2), with methods told apart by line style."""
+    varying = _varying(group)
+    colour_by = next((k for k in ("batch_size", "augmentation") if k in varying), "method")
+    other = [k for k in varying if k not in (colour_by, "method")]
+    methods = _ordered(t["method"] for t in group)
+    styles = _styles(methods)
+    if colour_by == "method":
+        def style(trial):
+            return styles[trial["method"]]
+    else:
+        values = _ordered(str(t[colour_by]) for t in group)
+        colours = {v: VARIANT_COLOURS[i % len(VARIANT_COLOURS)] for i, v in enumerate(values)}
+
+        def style(trial):
+            return colours[str(trial[colour_by])], styles[trial["method"]][1] if len(methods) > 1 else "-"
+
+    def label(trial):
+        parts = [trial["method"]] if colour_by == "method" else [f"{colour_by}={trial[colour_by]}"] + (
+            [trial["method"]] if len(methods) > 1 else [])
+        return ", ".join(parts + [f"{k}={trial.get(k)}" for k in other])
+
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for trial in group:
+        cells[(trial["model"], label(trial))].append(trial)
+    return _Plan(dataset, mode, group, _ordered(t["model"] for t in group), _ordered(label(t) for t in group),
+                 label, style, {label(t): style(t) for t in group}, cells, max(len(c) for c in cells.values()))
+
+
+def _legend_handles(plan: _Plan, kinds: set, linewidth: float) -> list:
+    """One entry per line of the plan, then one per kind of AALR action drawn."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=plan.style_of[t][0], linestyle=plan.style_of[t][1], linewidth=linewidth,
+                      label=t) for t in plan.labels]
+    return handles + [Line2D([], [], linestyle="none", marker=ACTION_MARKERS[k][0], markerfacecolor="white",
+                             markeredgecolor="black", label=ACTION_MARKERS[k][1])
+                      for k in ACTION_MARKERS if k in kinds]
+
+
+def _mean_figure(plt, plan: _Plan, rows_by_trial: dict, metric: str, name: str, log: bool):
+    """A metric's seed mean with a min-max band, a panel per model, AALR's actions on the LR."""
+    columns = min(MAX_COLUMNS, len(plan.models))
+    fig, main, side, axes = _figure(plt, len(plan.models), math.ceil(len(plan.models) / columns), columns)
+    kinds: set = set()
+    step = "pre" if metric == "lr" else None
+    for ax, model in zip(axes.flat, plan.models):
+        for text in plan.labels:
+            members = plan.cells.get((model, text))
+            if not members:
+                continue
+            colour, linestyle = plan.style_of[text]
+            xs, mean, low, high = _band([rows_by_trial[t["trial_id"]] for t in members], metric, log)
+            ax.plot(xs, mean, color=colour, linestyle=linestyle, linewidth=1.6, gid=f"mean:{text}",
+                    drawstyle="steps-pre" if step else "default")
+            if len(members) > 1:
+                ax.fill_between(xs, low, high, color=colour, alpha=0.15, linewidth=0, step=step)
+            if metric == "lr":
+                for trial in members:
+                    _mark_actions(ax, rows_by_trial[trial["trial_id"]], colour, kinds)
+        _finish_axes(ax, model, "epoch", name, log)
+    _legend(side, _legend_handles(plan, kinds, 1.6))
+    spread = f"line: {'geometric ' if log else ''}mean over seeds" + (", band: min to max" if plan.seeds > 1 else "")
+    main.suptitle(_wrap(f"{name.capitalize()} per epoch: {plan.dataset}, {plan.mode} training ({spread})",
+                        PANEL_W * columns - 0.3, 12), fontsize=12)
+    return fig
+
+
+def _trials_figure(plt, plan: _Plan, rows_by_trial: dict):
+    """Every trial's own lines: a row per metric, a panel per model."""
+    fig, main, side, axes = _figure(plt, len(plan.models) * len(METRICS), len(METRICS), len(plan.models))
+    kinds: set = set()
+    for row_axes, (metric, name, log) in zip(axes, METRICS):
+        for ax, model in zip(row_axes, plan.models):
+            for trial in (t for t in plan.group if t["model"] == model):
+                rows = rows_by_trial[trial["trial_id"]]
+                colour, linestyle = plan.style(trial)
+                xs, ys = _series(rows, metric, log)
+                ax.plot(xs, ys, color=colour, linestyle=linestyle, linewidth=1, alpha=0.8,
+                        drawstyle="steps-pre" if metric == "lr" else "default", gid=f"trial:{plan.label(trial)}")
+                if metric == "lr":
+                    _mark_actions(ax, rows, colour, kinds)
+            _finish_axes(ax, model, "epoch", name, log)
+    _legend(side, _legend_handles(plan, kinds, 1.2))
+    main.suptitle(_wrap(f"Every trial: {plan.dataset}, {plan.mode} training (a line per seed)",
+                        PANEL_W * len(plan.models) - 0.3, 12), fontsize=12)
+    return fig
+
+
+def _figures(trials: list[dict], epochs: list[dict]):
+    """Yield (file name, title, matplotlib figure) per figure of every (dataset, mode) group: the seed
+    mean with a min-max band of the LR (with AALR's actions), test accuracy and training loss, a panel
+    per model; then every trial's own lines in one figure. The caller saves and closes each."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on servers and CI
@@ -160,43 +432,30 @@ def _plots(trials: list[dict], epochs: list[dict], directory: Path) -> list[tupl
     rows_by_trial: dict[str, list[dict]] = defaultdict(list)
     for row in epochs:
         rows_by_trial[row["trial_id"]].append(row)
-    written = []
+    for rows in rows_by_trial.values():
+        rows.sort(key=lambda r: r["epoch"])
     for (dataset, mode), group in _groups(trials).items():
-        varying = _varying(group)
-        colour_by = next((k for k in ("batch_size", "augmentation") if k in varying), "method")
-        models = _ordered(t["model"] for t in group)
-        colours = {v: f"C{i % 10}" for i, v in enumerate(_ordered(str(t[colour_by]) for t in group))}
-        stem = f"{dataset.replace(':', '_').replace('.', '_')}_{mode}"
-        for metric, label, log in (("lr", "learning rate", True), ("test_acc", "test accuracy", False),
-                                   ("train_loss", "training loss", True)):
-            fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
-            for ax, model in zip(axes[0], models):
-                seen = set()
-                for trial in (t for t in group if t["model"] == model):
-                    rows = sorted(rows_by_trial.get(trial["trial_id"], []), key=lambda r: r["epoch"])
-                    if not rows:
-                        continue
-                    key = str(trial[colour_by])
-                    values = [r[metric] if _finite([r[metric]]) else math.nan for r in rows]
-                    if log:
-                        values = [v if v > 0 else math.nan for v in values]
-                    ax.plot([r["epoch"] for r in rows], values, color=colours[key], alpha=0.75, linewidth=1,
-                            drawstyle="steps-post" if metric == "lr" else "default",
-                            label=None if key in seen else f"{colour_by}={key}" if colour_by != "method" else key)
-                    seen.add(key)
-                ax.set_title(model)
-                ax.set_xlabel("epoch")
-                ax.set_ylabel(label)
-                if log:
-                    ax.set_yscale("log")
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
-            fig.suptitle(f"{label} per epoch: {dataset}, {mode} training")
-            fig.tight_layout()
-            name = f"{metric}_{stem}.png"
-            fig.savefig(directory / name, dpi=110)
+        group = [t for t in group if rows_by_trial.get(t.get("trial_id"))]
+        if not group:
+            continue
+        plan = _plan(dataset, mode, group)
+        for metric, name, log in METRICS:
+            yield (f"{metric}_{plan.stem}.png", f"{name.capitalize()}: {dataset}, {mode}",
+                   _mean_figure(plt, plan, rows_by_trial, metric, name, log))
+        yield f"trials_{plan.stem}.png", f"Every trial: {dataset}, {mode}", _trials_figure(plt, plan, rows_by_trial)
+
+
+def _plots(trials: list[dict], epochs: list[dict], directory: Path) -> list[tuple[str, str]]:
+    """Write the PNGs of :func:`_figures` into ``directory``; [(title, file name)]."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, title, fig in _figures(trials, epochs):
+        try:
+            fig.savefig(directory / name, dpi=DPI)
+        finally:
             plt.close(fig)
-            written.append((f"{label.capitalize()}: {dataset}, {mode}", name))
+        written.append((title, name))
     return written
 
 

@@ -34,3 +34,18 @@ def data_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("data")
     load_dataset("mnist1d", data_dir=directory)
     return str(directory)
+
+
+# The modules that take minutes (Ray drivers started, interrupted and resumed), longest first,
+# as measured by `--durations`. `make test` runs `--dist loadscope --no-loadscope-reorder`, so
+# xdist hands modules to its workers in collection order: these start at once and the many
+# quick modules fill the gaps. (xdist's default order, most tests first, started them last, and
+# one worker ran the chain of fault tests alone for minutes while the others idled.)
+LONGEST_MODULES = ("test_jobs.py", "test_trainable.py", "test_faults.py", "test_cluster.py",
+                   "test_distributed.py", "test_scheduler.py", "test_equivalence.py", "test_full_disk.py",
+                   "test_runner.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
