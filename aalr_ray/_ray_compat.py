@@ -1,4 +1,4 @@
-"""Every use of Ray's private or undocumented API, in one place, each checked against a Ray version.
+"""Every use of Ray's private or undocumented API (and of pyarrow's S3 pickle state), in one place.
 
 Each function names the Ray version it was checked against and what it
 relies on; ``tests/test_ray_compat.py`` checks each of them on the installed
@@ -8,7 +8,8 @@ the range is widened.
 
 Users: the Tune scheduler (:mod:`aalr_ray.scheduler`), the data-parallel
 trial driver (:mod:`aalr_ray.distributed`) and the grid driver
-(:mod:`aalr_ray.runner`). Imports nothing from Ray at module level.
+(:mod:`aalr_ray.runner`); :mod:`aalr_ray.storage` for
+:func:`s3_filesystem_options`. Imports nothing from Ray at module level.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["SUPPORTED_RAY", "ray_version_problem", "training_result", "checkpoint_num_to_keep",
            "registered_checkpoint_results", "set_unresolved_config", "set_restore_point",
-           "trial_storage", "tolerate_pruned_checkpoints"]
+           "trial_storage", "tolerate_pruned_checkpoints", "s3_filesystem_options"]
 
 logger = logging.getLogger(__name__)
 
