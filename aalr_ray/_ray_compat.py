@@ -6,8 +6,9 @@ Ray. aalr-ray supports the Ray versions in :data:`SUPPORTED_RAY` (the pin in
 ``pyproject.toml``); a new Ray release needs these functions rechecked before
 the range is widened.
 
-Users: the Tune scheduler (:mod:`aalr_ray.scheduler`), the data-parallel
-trial driver (:mod:`aalr_ray.distributed`) and the grid driver
+Users: the Tune scheduler (:mod:`aalr_ray.scheduler`), the trainable
+(:mod:`aalr_ray.trainable`), the data-parallel trial driver
+(:mod:`aalr_ray.distributed`) and the grid driver
 (:mod:`aalr_ray.runner`); :mod:`aalr_ray.storage` for
 :func:`s3_filesystem_options`. Imports nothing from Ray at module level.
 """
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["SUPPORTED_RAY", "ray_version_problem", "training_result", "checkpoint_num_to_keep",
            "registered_checkpoint_results", "set_unresolved_config", "set_restore_point",
-           "trial_storage", "tolerate_pruned_checkpoints", "s3_filesystem_options"]
+           "trial_storage", "advance_checkpoint_index", "tolerate_pruned_checkpoints", "s3_filesystem_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,20 @@ def trial_storage() -> Tuple[Any, str]:
 
     storage = tune.get_context().get_storage()
     return storage.storage_filesystem, storage.trial_fs_path
+
+
+def advance_checkpoint_index(index: int) -> None:
+    """Make the running Tune trial's next checkpoint directory ``checkpoint_<index + 1>`` (or later).
+
+    Ray 2.60.0: ``StorageContext.current_checkpoint_index`` of
+    ``tune.get_context().get_storage()`` (a DeveloperAPI) is the index of the
+    last checkpoint written; ``ray.train._internal.session`` increments it
+    before each reported checkpoint and names the directory by it.
+    """
+    from ray import tune
+
+    storage = tune.get_context().get_storage()
+    storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
 
 
 # ----------------------------------------------------------- the grid driver

@@ -37,16 +37,20 @@ built with its data-parallel hooks (``shard``, ``reduce_loss``, ``wrap_model``):
   weights; only rank 0's row is reported. It costs no wall time (the other
   ranks would wait for rank 0 anyway) and needs no hook in the evaluation.
 * checkpoints: rank 0 writes ``run.pt`` + ``epochs.jsonl`` (the same files as
-  :mod:`aalr_ray.trainable`) and reports them to Ray Train; the others report
-  metrics only. Ray Train stores them under ``<trial dir>/ddp/`` in the Tune
+  :mod:`aalr_ray.trainable`, AALR's snapshots in files of their own beside
+  the checkpoints, :mod:`aalr_ray.checkpoints`) and reports them to Ray
+  Train; the others report metrics only. ``checkpoint_every`` applies too.
+  Each row's ``node``/``node_ip`` name every rank's node, comma-joined. Ray Train stores them under ``<trial dir>/ddp/`` in the Tune
   experiment's storage (local or S3); Tune gets their path as the
   ``checkpoint_path`` metric, which :func:`aalr_ray.runner.collect` reads.
 * resume: the Train run's storage path and name are fixed per Tune trial, so
   when Tune restarts a trial (``FailureConfig``, ``Tuner.restore``) Ray Train
-  resumes from its latest registered checkpoint and every rank loads it. After
-  a crash that can be one epoch older than the last one written (a report the
-  Train controller had not processed yet is dropped); the epoch is retrained,
-  and on CPU the rerun is identical. Worker failures are not retried by Ray
+  hands every rank its latest registered checkpoint. After a crash that can be
+  a report or two older than the last one written (reports the Train
+  controller had not processed yet are dropped), so every rank resumes from
+  the newest complete checkpoint in the run's storage instead
+  (:func:`aalr_ray.trainable.resume_newest`); only the epoch in flight is
+  trained again, and on CPU the rerun is identical. Worker failures are not retried by Ray
   Train itself (``max_failures=0``): Tune's retry is the one policy.
 * no live ``epochs.jsonl`` in the Tune trial directory (the single-process
   trainable's ``tail -f`` log): the rows travel in the checkpoints.
@@ -74,6 +78,8 @@ __all__ = ["ddp_trainable_for", "train_worker", "data_parallel_run", "check_rank
 
 DRIVER_MEMORY = 256 * 2**20  # bytes reserved for a trial's driver process
 TRAIN_RUN_NAME = "ddp"  # Ray Train's run directory inside the Tune trial directory
+TRAIN_KEEP_CHECKPOINTS = 2  # Ray Train's num_to_keep: the worker only restores the latest
+SNAPSHOTS_KEY = "_snapshots"  # (filesystem, directory) of the Train run's snapshot files, in the worker config
 
 
 # --------------------------------------------------------------- the worker
@@ -140,33 +146,53 @@ def data_parallel_run(run_config: RunConfig, rank: int, world_size: int, data: D
             model, device_ids=[device] if device.type == "cuda" else None))
 
 
+def _nodes_of_all_ranks(labels: dict, world_size: int) -> dict:
+    """Every rank's node, in rank order without repeats, comma-joined (``node`` and ``node_ip``)."""
+    everyone: list = [None] * world_size
+    dist.all_gather_object(everyone, labels)
+    return {key: ",".join(dict.fromkeys(rank_labels[key] for rank_labels in everyone)) for key in labels}
+
+
 def train_worker(config: dict) -> None:
     """One rank of a data-parallel trial (the TorchTrainer's ``train_loop_per_worker``)."""
     import ray.train
     import ray.train.torch
 
+    from . import storage as store
+    from .checkpoints import SnapshotFiles
     # The single-process trainable's epoch and checkpoint format (imported here: it imports Ray Tune).
-    from .trainable import resume, run_config_from, train_next_epoch, write_checkpoint_dir
+    from .trainable import (EVERY_KEY, checkpoint_due, drop_checkpoints, node_labels, resume_newest,
+                            run_config_from, train_next_epoch, write_checkpoint_dir)
 
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    labels = node_labels()
+    fs, snapshot_dir = config[SNAPSHOTS_KEY]
+    store.check_writable(fs, snapshot_dir, f"the trial storage on node {labels['node_ip']}")
+    snapshots = SnapshotFiles(fs, snapshot_dir)
     run_config = run_config_from(config)
     if run_config.device == "auto":
         run_config.device = str(ray.train.torch.get_device())  # this rank's GPU, or cpu
     run = data_parallel_run(run_config, rank, world_size)
+    node = _nodes_of_all_ranks(labels, world_size)
 
-    # A restarted trial: every rank loads the same latest checkpoint.
-    rows = resume(run, ray.train.get_checkpoint())
+    # A restarted trial: every rank loads the same checkpoint, the newest in the Train run's storage.
+    rows, unknown_to_ray = resume_newest(run, ray.train.get_checkpoint(), snapshots, fs,
+                                         snapshot_dir.rsplit("/", 1)[0])
 
+    every = int(config.get(EVERY_KEY) or 1)
     while run.epoch < run.config.epochs:
-        row = train_next_epoch(run)
+        row = {**train_next_epoch(run), **node}
         check_ranks_agree(run, world_size)
         rows.append(row)
         # report() is a barrier: every rank calls it each epoch, rank 0 alone with a checkpoint.
-        if rank == 0:
+        if rank == 0 and checkpoint_due(run, every):
             with tempfile.TemporaryDirectory() as directory:
-                write_checkpoint_dir(run, rows, Path(directory))
+                state = write_checkpoint_dir(run, rows, Path(directory), snapshots)
                 ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            drop_checkpoints(fs, unknown_to_ray)
+            unknown_to_ray = []
+            snapshots.committed(state)
         else:
             ray.train.report(row)
 
@@ -188,13 +214,16 @@ def ddp_trainable_for(workers: int, resources: dict, *, worker_fn: Callable[[dic
         from ray.tune.integration.ray_train import TuneReportCallback
 
         from aalr_ray._ray_compat import trial_storage  # absolute: this function is pickled by value
+        from aalr_ray.checkpoints import SNAPSHOT_DIR
 
         # The Tune trial's own directory in the experiment storage (local or S3). A fixed
         # name inside it makes a restarted trial resume.
         filesystem, trial_path = trial_storage()
+        run_path = f"{trial_path}/{TRAIN_RUN_NAME}"
         trainer = TorchTrainer(
             worker_fn,
-            train_loop_config=config,
+            # The snapshots live beside the Train run's checkpoints (aalr_ray.checkpoints).
+            train_loop_config={**config, SNAPSHOTS_KEY: (filesystem, f"{run_path}/{SNAPSHOT_DIR}")},
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=workers, use_gpu=bool(gpu),
@@ -202,7 +231,7 @@ def ddp_trainable_for(workers: int, resources: dict, *, worker_fn: Callable[[dic
             run_config=ray.train.RunConfig(
                 name=TRAIN_RUN_NAME, storage_path=trial_path, storage_filesystem=filesystem,
                 # The worker only ever restores the latest checkpoint; two bound the disk.
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=TRAIN_KEEP_CHECKPOINTS),
                 # Worker failures fail the trial and Tune's FailureConfig retries it: one retry policy.
                 failure_config=ray.train.FailureConfig(max_failures=0),
                 callbacks=[TuneReportCallback()]),

@@ -105,6 +105,7 @@ class Grid:
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     max_concurrent: int | None = None
     workers_per_trial: int = 1
+    checkpoint_every: int = 1
     include: list[dict] = field(default_factory=list)
     exclude: list[dict] = field(default_factory=list)
     overrides: list[dict] = field(default_factory=list)
@@ -510,6 +511,7 @@ class GridFile(_Schema):
     resources: Resources = Field(default_factory=Resources, description="mapping cpu, gpu per trial")
     max_concurrent: PositiveInt | None = Field(None, description="trials running at once")
     workers_per_trial: WorkerCount = Field(1, description="data-parallel workers per trial (Ray Train, DDP)")
+    checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints (the last epoch always has one)")
     include: list[Match] = Field([], description="a list of mappings; keep only trials matching one")
     exclude: list[Match] = Field([], description="a list of mappings; drop trials matching one")
     overrides: list[Override] = Field([], description="a list of {match: mapping, set: mapping}")
@@ -779,7 +781,7 @@ def _grid_of(schema: GridFile, source: str, override_paths: list[str]) -> Grid:
                 robust_eval=schema.robust_eval.given() if schema.robust_eval is not None else None,
                 method_options=dict(schema.method_options), epoch_loss=schema.epoch_loss, device=schema.device,
                 resources=schema.resources.model_dump(), max_concurrent=schema.max_concurrent,
-                workers_per_trial=schema.workers_per_trial,
+                workers_per_trial=schema.workers_per_trial, checkpoint_every=schema.checkpoint_every,
                 include=[entry.given() for entry in schema.include],
                 exclude=[entry.given() for entry in schema.exclude],
                 overrides=[{"match": entry.match.given(), "set": entry.values.given()} for entry in schema.overrides],

@@ -28,11 +28,14 @@ from .guard import StateGuard, full_disk_message, repair, torn_state_files
 # The tables and their file names live in results (free of Ray); imported from here too.
 from .results import (EPOCHS_FILE, JSON_FIELDS, TRIALS_FILE, Collected, TrialResult, collect_trials,  # noqa: F401
                       trial_summary, write_parquet)
-from .trainable import aalr_trainable, load_checkpoint_dir
+from .trainable import EVERY_KEY, aalr_trainable, load_checkpoint_dir
 
 __all__ = ["run_grid", "GridRunError", "collect", "write_parquet", "Collected", "EPOCHS_FILE", "TRIALS_FILE"]
 
 GRID_FILE = "grid.json"
+# Config keys that say where a trial runs, not what it trains: left out of grid.json, so an
+# experiment resumes from another machine.
+NOT_IN_GRID_FILE = ("data_dir", "threads")
 MAX_FAILURES = 2  # a trial whose worker dies is retried from its last checkpoint
 KEEP_CHECKPOINTS = 3
 
@@ -92,7 +95,20 @@ def _init_ray(address: str | None) -> None:
     else:  # embedded: always a new local Ray, never another one on this machine
         context = ray.init(address="local", logging_level=logging.WARNING, log_to_driver=False)
         if context.dashboard_url:  # bound to 127.0.0.1 by default
-            print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+            print(dashboard_line(f"http://{context.dashboard_url}"), flush=True)
+
+
+def dashboard_line(url: str) -> str:
+    """Where the dashboard is and, with token authentication (Ray 2.60's default), where its token is."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return f"Ray dashboard: {url}"
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        where = "the token in $RAY_AUTH_TOKEN"
+    else:
+        where = "the token in " + (os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token"))
+    return (f"Ray dashboard: {url}\n"
+            f"  it asks once for {where} (`ray get-auth-token` prints it); API calls send it as "
+            "'Authorization: Bearer <token>'")
 
 
 def _param_space(configs: list[dict]) -> dict:
@@ -171,6 +187,8 @@ def prepare(grid_path: str, *, data_dir: str | None = None, smoke: bool = False)
     for config in configs:
         config["data_dir"] = str(Path(data_dir).expanduser().resolve()) if data_dir else None
         config["threads"] = threads
+        if grid.checkpoint_every != 1:  # only then: the configs (and grid.json) of earlier grids stay as they were
+            config[EVERY_KEY] = grid.checkpoint_every
     return grid, configs, name
 
 
@@ -239,7 +257,7 @@ def run_grid(grid_path: str, *, storage: str = "./results", address: str | None 
     grid, configs, name = prepare(grid_path, data_dir=data_dir, smoke=smoke)
     storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
     experiment = store.experiment_uri(storage, name)
-    fingerprint = [{k: v for k, v in c.items() if k not in ("data_dir", "threads")} for c in configs]
+    fingerprint = [{k: v for k, v in c.items() if k not in NOT_IN_GRID_FILE} for c in configs]
 
     # First, so that a wrong endpoint fails here in seconds, before any other
     # storage call (each would retry for long) and before any trial starts.

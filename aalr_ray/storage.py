@@ -38,8 +38,8 @@ from .errors import one_line
 from .files import atomic_open
 
 __all__ = ["StorageError", "ExperimentLockedError", "ExperimentLock", "LOCK_FILE", "check_reachable",
-           "experiment_uri", "filesystem", "exists", "read_json", "write_bytes", "read_table", "write_table",
-           "atomic_write_local", "upload_dir"]
+           "check_writable", "experiment_uri", "filesystem", "exists", "read_json", "write_bytes", "write_file",
+           "read_file", "uri_of", "read_table", "write_table", "atomic_write_local", "upload_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,15 @@ def check_reachable(storage: str) -> None:
         fs, path = filesystem(storage)  # on AWS this may look up the bucket's region
     except (OSError, ValueError) as exc:
         raise StorageError(f"storage {storage!r} is not usable: {one_line(exc)}") from None
+    check_writable(fs, path, f"storage {storage!r}")
+
+
+def check_writable(fs: pafs.FileSystem, path: str, label: str) -> None:
+    """:func:`check_reachable` for a filesystem in hand; ``label`` starts the one-line StorageError.
+
+    A trial calls it on its own storage before it trains: a node that cannot
+    reach S3 then fails the trial in seconds with a line naming the endpoint.
+    """
     options = _s3_options(fs)
     where = ""
     if options is not None:
@@ -125,7 +134,7 @@ def check_reachable(storage: str) -> None:
         if options is not None:
             bucket = path.split("/", 1)[0]
             if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
-                raise StorageError(f"storage {storage!r} is not usable{where}: bucket {bucket!r} not found "
+                raise StorageError(f"{label} is not usable{where}: bucket {bucket!r} not found "
                                    "(a wrong endpoint, or a bucket not created yet)")
         else:
             fs.create_dir(path, recursive=True)
@@ -134,7 +143,7 @@ def check_reachable(storage: str) -> None:
             f.write(b"ok\n")
         fs.delete_file(probe)
     except (OSError, ValueError) as exc:
-        raise StorageError(f"storage {storage!r} is not usable{where}: {one_line(exc)}") from None
+        raise StorageError(f"{label} is not usable{where}: {one_line(exc)}") from None
 
 
 def exists(uri: str) -> bool:
@@ -247,6 +256,33 @@ def write_table(uri: str, table: pa.Table) -> None:
     _write_atomic(fs, path, uri, lambda stream: pq.write_table(table, stream))
 
 
+def write_file(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` on ``fs`` atomically; StorageError (one line) on failure.
+
+    For callers that hold a filesystem already (a trial's storage from Ray),
+    not a URI.
+    """
+    _write_atomic(fs, path, uri_of(fs, path), lambda stream: stream.write(data))
+
+
+def read_file(fs: pafs.FileSystem, path: str) -> bytes:
+    """The bytes of ``path`` on ``fs``; FileNotFoundError when it is absent, StorageError on other failures."""
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(uri_of(fs, path)) from None
+        raise StorageError(f"cannot read {uri_of(fs, path)}: {one_line(exc)}") from None
+
+
+def uri_of(fs: pafs.FileSystem, path: str) -> str:
+    """``path`` on ``fs`` as a user would write it (``s3://bucket/key`` or a local path), for messages."""
+    return path if isinstance(fs, pafs.LocalFileSystem) else f"{fs.type_name}://{path}"
+
+
 def upload_dir(local_dir: str | Path, uri: str) -> None:
     """Copy a local directory's files into ``uri``, each atomically (a no-op when it is the same place)."""
     fs, path = _target(uri)
@@ -262,8 +298,25 @@ def upload_dir(local_dir: str | Path, uri: str) -> None:
 
 # ------------------------------------------------------------------ the experiment lock
 LOCK_FILE = ".aalr-ray.lock"
-LOCK_TTL_S = 60.0  # an S3 lease not renewed for this long belongs to a dead driver
+# An S3 lease not renewed for this long belongs to a dead driver: after a driver is killed
+# (a lost head), `--resume` is refused for up to this long. AALR_RAY_LOCK_TTL_S changes it.
+LOCK_TTL_S = 60.0
+LOCK_TTL_ENV = "AALR_RAY_LOCK_TTL_S"
 LOCK_SETTLE_S = 2.0  # S3: wait between writing our lease and reading it back
+
+
+def lock_ttl() -> float:
+    """The S3 lease's time to live: $AALR_RAY_LOCK_TTL_S seconds (5 to 3600), else LOCK_TTL_S."""
+    value = os.environ.get(LOCK_TTL_ENV)
+    if value is None:
+        return LOCK_TTL_S
+    try:
+        ttl = float(value)
+    except ValueError:
+        ttl = float("nan")
+    if not 5 <= ttl <= 3600:
+        raise StorageError(f"{LOCK_TTL_ENV}={value!r}: give a number of seconds from 5 to 3600")
+    return ttl
 
 
 def _now_iso() -> str:
@@ -315,7 +368,8 @@ class ExperimentLock:
     Release deletes the lease only if it is still ours.
     """
 
-    def __init__(self, experiment_uri: str, *, ttl_s: float = LOCK_TTL_S, settle_s: float = LOCK_SETTLE_S):
+    def __init__(self, experiment_uri: str, *, ttl_s: float | None = None, settle_s: float = LOCK_SETTLE_S):
+        ttl_s = lock_ttl() if ttl_s is None else ttl_s
         self.experiment = experiment_uri.rstrip("/")
         self.uri = f"{self.experiment}/{LOCK_FILE}"
         self.ttl_s, self.settle_s = ttl_s, settle_s

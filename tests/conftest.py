@@ -41,7 +41,7 @@ def data_dir(tmp_path_factory):
 # xdist hands modules to its workers in collection order: these start at once and the many
 # quick modules fill the gaps. (xdist's default order, most tests first, started them last, and
 # one worker ran the chain of fault tests alone for minutes while the others idled.)
-LONGEST_MODULES = ("test_jobs.py", "test_trainable.py", "test_faults.py", "test_cluster.py",
+LONGEST_MODULES = ("test_multinode.py", "test_jobs.py", "test_trainable.py", "test_faults.py", "test_cluster.py",
                    "test_distributed.py", "test_scheduler.py", "test_equivalence.py", "test_full_disk.py",
                    "test_runner.py")
 

@@ -78,3 +78,32 @@ def cnn_nan_in_epochs(num_classes, input_shape):
 
     net = build_model("mnist1d-cnn", num_classes, input_shape)
     return _NaNInEpochs(net, [epoch_seed(NAN_SEED, epoch) for epoch in NAN_EPOCHS])
+
+
+class _EpochCountingMLP(_SlowMLP):
+    """A slow MLP that logs each data epoch it starts training, to count epochs trained twice.
+
+    Every training path seeds torch's global RNG with ``epoch_seed(seed, epoch)``
+    right before a data epoch, so ``torch.initial_seed()`` names the (seed, epoch)
+    being trained. The first training-mode forward under a new seed appends that
+    seed to the file named by $AALR_EPOCH_LOG (all of a test's Ray nodes run on
+    this machine and share it); rank 0 alone logs in a data-parallel run.
+    """
+
+    def forward(self, x):
+        import os
+
+        seed = torch.initial_seed()
+        if self.training and seed != getattr(self, "_logged_seed", None):
+            self._logged_seed = seed
+            import torch.distributed as dist
+
+            path = os.environ.get("AALR_EPOCH_LOG")
+            if path and not (dist.is_initialized() and dist.get_rank() != 0):
+                with open(path, "a") as log:
+                    log.write(f"{seed}\n")
+        return super().forward(x)
+
+
+def epoch_counting_mlp(num_classes, input_shape):
+    return _EpochCountingMLP(num_classes, input_shape)

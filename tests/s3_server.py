@@ -29,3 +29,11 @@ def moto_s3(home: Path, bucket: str):
         yield env, client
     finally:
         server.stop()
+
+
+def listing(client, bucket: str, prefix: str) -> dict[str, dict]:
+    """{key: the object's listing entry (Size, ETag, ...)} for every object under ``prefix``."""
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found.update({item["Key"]: item for item in page.get("Contents", [])})
+    return found

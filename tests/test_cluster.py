@@ -18,16 +18,11 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -35,11 +30,11 @@ import pytest
 import yaml
 
 import s3_server
+from ray_procs import BIN, free_ports, http, token_auth_head
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "cluster.yaml"
 CLUSTER_DOC = ROOT / "docs" / "cluster.md"
-BIN = Path(sys.executable).parent  # the virtualenv's ray and aalr-ray
 RAY_PORTS = (8265, 6379, 10001)  # dashboard/Jobs API, GCS, Ray Client: never open to the outside
 
 
@@ -190,142 +185,6 @@ def test_cluster_doc_matches_cluster_yaml(cluster):
 
 
 # ================================================================ ray job submit
-def free_ports(count: int) -> list[int]:
-    """Distinct ports free right now (all bound at once, then released)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def http(url: str, token: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def head_processes(temp_dir: str, gcs_port: int) -> list:
-    """This head's processes, by what is ours alone: the temp dir or the GCS port in
-    their command line (the Ray Client server names only the GCS address), and
-    their descendants (workers, job drivers)."""
-    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
-    import psutil
-
-    found = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmdline = proc.info["cmdline"] or []
-            if any(arg.endswith(temp_dir) or f"{temp_dir}/" in arg
-                   or (arg.startswith("--") and arg.endswith(f":{gcs_port}")) for arg in cmdline):
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
-        except psutil.Error:
-            continue
-    found.pop(os.getpid(), None)
-    return list(found.values())
-
-
-def living(procs: list) -> list:
-    """The processes still running (an exited child of init may stay a zombie here: it is gone)."""
-    import psutil
-
-    alive = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.Error:
-            pass
-    return alive
-
-
-def stop_head(temp_dir: str, gcs_port: int) -> list:
-    """Stop exactly this head's processes, by id (never `ray stop`: it kills every Ray on the
-    machine); remove its temp dir. Returns the processes that would not stop."""
-    import psutil
-
-    for _ in range(3):  # a raylet may still spawn a worker while we stop
-        procs = living(head_processes(temp_dir, gcs_port))
-        if not procs:
-            break
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        # A short grace: gcs_server and raylet drain for 10 s and more on
-        # SIGTERM, and a test head has nothing worth draining.
-        deadline = time.time() + 3
-        while living(procs) and time.time() < deadline:
-            time.sleep(0.2)
-        for proc in living(procs):
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-    leftover = living(head_processes(temp_dir, gcs_port))
-    # A stale ray_current_cluster makes a later ray.init() try to join this dead head.
-    Path(temp_dir, "ray_current_cluster").unlink(missing_ok=True)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    return leftover
-
-
-@contextmanager
-def token_auth_head():
-    """A Ray head on this machine with token authentication, on ports of its own."""
-    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Unix socket paths end up under it
-    token = secrets.token_hex(32)
-    token_file = Path(temp_dir, "auth_token")
-    token_file.touch(mode=0o600)
-    token_file.write_text(token)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    # The venv first on PATH: the head's Python is the venv's, and a job's
-    # driver (which inherits the raylet's environment) finds aalr-ray.
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
-               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    gcs, dashboard, node_manager, object_manager, client, agent_http, agent_grpc, runtime_env, metrics = \
-        free_ports(9)
-    # Every port explicit: a second head left to the defaults moves some of
-    # them silently (the dashboard to 8266) and collides with others. Worker
-    # ports 0..0: the OS picks them.
-    command = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--temp-dir={temp_dir}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", "--num-gpus=0",
-               f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
-               f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-               f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
-               "--min-worker-port=0", "--max-worker-port=0", "--disable-usage-stats"]
-    from ray._private.utils import get_ray_client_dependency_error
-
-    if get_ray_client_dependency_error() is None:  # a Ray Client server starts only with ray[client]
-        command.append(f"--ray-client-server-port={client}")
-    try:
-        started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        assert started.returncode == 0, started.stdout + started.stderr
-        url = f"http://127.0.0.1:{dashboard}"
-        deadline = time.time() + 60
-        while True:  # the dashboard comes up a little after `ray start` returns
-            try:
-                http(f"{url}/api/jobs/")
-                break
-            except OSError:
-                assert time.time() < deadline, "the dashboard did not come up"
-                time.sleep(0.5)
-        yield url, token, env
-    finally:
-        leftover = stop_head(temp_dir, gcs)
-    assert not leftover, leftover  # reached only when the test itself passed
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_job_submit_to_a_token_authenticated_head(data_dir, tmp_path):
@@ -386,10 +245,7 @@ def s3(tmp_path_factory):
 
 def bucket_keys(client, prefix: str) -> dict[str, str]:
     """{key: etag} under a prefix."""
-    keys = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        keys.update({item["Key"]: item["ETag"] for item in page.get("Contents", [])})
-    return keys
+    return {key: item["ETag"] for key, item in s3_server.listing(client, BUCKET, prefix).items()}
 
 
 def bucket_checkpoints(client, experiment_prefix: str) -> dict[str, int]:
@@ -532,3 +388,50 @@ def test_storage_check_names_the_problem(s3, monkeypatch):
             check_reachable(f"s3://{BUCKET}/x")
         assert time.time() - start < 15
     assert "\n" not in str(error.value) and endpoint in str(error.value)
+
+
+# ================================================================ the local dashboard
+DASHBOARD_PROBE = r"""
+import contextlib, io, json, re, sys, time, urllib.error, urllib.request
+from pathlib import Path
+
+from aalr_ray.runner import _init_ray
+
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    _init_ray(None)
+lines = printed.getvalue().splitlines()
+url = re.fullmatch(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", lines[0]).group(1)
+token = Path(re.search(r"the token in (\S+) ", lines[1]).group(1)).read_text().strip()
+
+def status(token):
+    request = urllib.request.Request(url + "/api/jobs/", headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+deadline = time.time() + 60
+while True:  # the dashboard comes up a little after ray.init returns
+    try:
+        with_token = status(token)
+        break
+    except OSError:
+        assert time.time() < deadline
+        time.sleep(0.5)
+print(json.dumps({"lines": lines, "with_token": with_token, "without": status(None)}))
+"""
+
+
+@pytest.mark.ray
+def test_the_grid_prints_the_dashboard_and_where_its_token_is(tmp_path):
+    """The two lines `aalr-ray grid` prints on its own local Ray: the token they point to opens the Jobs API."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env["HOME"] = str(tmp_path)  # a fresh ~/.ray/auth_token, made by ray.init
+    probe = subprocess.run([sys.executable, "-c", DASHBOARD_PROBE], env=env, capture_output=True, text=True,
+                           timeout=180, cwd=tmp_path)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert len(result["lines"]) == 2 and f"{tmp_path}/.ray/auth_token" in result["lines"][1], result
+    assert (result["with_token"], result["without"]) == (200, 401), result

@@ -58,3 +58,8 @@ def test_the_report_command_loads_neither_ray_nor_torch(tmp_path):
 def test_the_grid_schema_loads_neither_ray_nor_torch():
     """Grid files are checked before Ray starts, by the same code on a laptop and on a cluster."""
     assert loaded_heavy_modules("import aalr_ray.grid") == []
+
+
+def test_the_checkpoint_layout_loads_no_ray():
+    """aalr_ray.checkpoints sits with the training run (torch and pyarrow): a checkpoint can be read without Ray."""
+    assert loaded_heavy_modules("import aalr_ray.checkpoints") == ["torch"]

@@ -119,6 +119,20 @@ def test_trial_storage_is_the_trial_directory_in_storage(tmp_path, monkeypatch):
     assert Path(path) == tmp_path / "exp" / "trial_0"
 
 
+def test_advance_checkpoint_index_names_the_next_checkpoint_directory(tmp_path, monkeypatch):
+    import ray.tune.context
+    from ray.train._internal.storage import StorageContext
+
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="trial_0",
+                             current_checkpoint_index=2)
+    monkeypatch.setattr(ray.tune.context.session, "get_storage", lambda: storage)
+    _ray_compat.advance_checkpoint_index(6)
+    storage._update_checkpoint_index({})  # what a report with a checkpoint does first
+    assert storage.checkpoint_dir_name == "checkpoint_000007"
+    _ray_compat.advance_checkpoint_index(3)  # never backwards, over newer directories
+    assert storage.current_checkpoint_index == 7
+
+
 # ------------------------------------------------------- the grid driver's names
 def test_tolerate_pruned_checkpoints_makes_deleting_a_missing_checkpoint_a_no_op(tmp_path):
     import pyarrow.fs as pafs

@@ -424,3 +424,34 @@ def test_lock_on_unreachable_storage_is_one_line(monkeypatch):
     assert not isinstance(error.value, ExperimentLockedError)
     assert str(error.value).startswith(f"cannot lock s3://{BUCKET}/nowhere/{LOCK_FILE}: ")
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "nan", "1e9", ""])
+def test_a_bad_lock_ttl_from_the_environment_is_one_line_naming_it(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("AALR_RAY_LOCK_TTL_S", value)
+    with pytest.raises(StorageError) as info:
+        ExperimentLock(str(tmp_path / "experiment"))
+    assert str(info.value) == f"AALR_RAY_LOCK_TTL_S={value!r}: give a number of seconds from 5 to 3600"
+
+
+def test_the_lock_ttl_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("AALR_RAY_LOCK_TTL_S", "12.5")
+    assert ExperimentLock(str(tmp_path / "experiment")).ttl_s == 12.5
+    monkeypatch.delenv("AALR_RAY_LOCK_TTL_S")
+    assert ExperimentLock(str(tmp_path / "experiment")).ttl_s == 60.0
+
+
+def test_a_trial_that_cannot_reach_s3_fails_in_seconds_with_one_line_naming_the_endpoint():
+    """What a trial checks first on its node (aalr_ray.trainable.trial_snapshot_files): the
+    filesystem Ray hands it, here one whose endpoint nothing listens on.
+
+    Not end to end on a cluster: on one machine every node reaches the same loopback server.
+    """
+    fs = pafs.S3FileSystem(endpoint_override="127.0.0.1:9", scheme="http", access_key="testing",
+                           secret_key="testing", region="us-east-1")
+    started = time.monotonic()
+    with pytest.raises(StorageError) as error:
+        storage.check_writable(fs, f"{BUCKET}/exp/trial_1", "the trial storage on node 10.0.0.7")
+    message = str(error.value)
+    assert message.startswith("the trial storage on node 10.0.0.7 is not usable (endpoint http://127.0.0.1:9): ")
+    assert "\n" not in message and time.monotonic() - started < 20

@@ -1,6 +1,7 @@
 """The Ray Tune trainable on a real local Ray: exact resume, crashes, restores, bad checkpoints."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import torch
 from ray import tune
 
 import tune_helpers
+from aalr_ray.results import RUN_CONTEXT_FIELDS
 from aalr_ray.train import RunConfig, TrainingRun
 from aalr_ray.trainable import CHECKPOINT_FILE, ROWS_FILE, aalr_trainable, load_checkpoint_dir, read_rows
 
 pytestmark = pytest.mark.ray
-TIMINGS = ("epoch_s", "eval_s", "final_test_loss", "final_test_acc", "epochs", "epochs_done")
+TIMINGS = (*RUN_CONTEXT_FIELDS, "final_test_loss", "final_test_acc", "epochs", "epochs_done")
 EPOCHS = 14  # ConvBase on MNIST-1D: phase 1 ends at 10, then doublings and a second try
 
 
@@ -65,8 +67,13 @@ def test_trial_equals_the_plain_run_bit_for_bit(local_ray, data_dir, reference, 
 
 
 def test_killed_trial_is_retried_and_loses_nothing(local_ray, data_dir, reference, tmp_path):
+    """It dies at the start of epoch 6; with checkpoint_every=4 it resumes from epoch 4 and trains 5 again.
+
+    (Every epoch checkpointed, the default, is what the fault tests and tests/test_multinode.py run.)
+    """
     run, expected = reference
-    config = space(data_dir, marker=str(tmp_path / "died"), die_at=6)
+    checkpoint_every = 4
+    config = space(data_dir, marker=str(tmp_path / "died"), die_at=6, checkpoint_every=checkpoint_every)
     result = tune_helpers.tuner(tune_helpers.flaky_trainable, config, tmp_path, "flaky", max_failures=1).fit()[0]
     assert (tmp_path / "died").exists()  # it really died once
     assert result.error is None
@@ -75,6 +82,10 @@ def test_killed_trial_is_retried_and_loses_nothing(local_ray, data_dir, referenc
     live = read_rows(Path(result.path) / ROWS_FILE)
     assert [row["epoch"] for row in live] == list(range(1, EPOCHS + 1))  # every epoch exactly once
     assert_same_weights(state, run.model)
+    # A checkpoint at every checkpoint_every-th epoch and the last, no other (Tune keeps them all here).
+    written = sorted(int(p.name.split("_")[1]) for p in Path(result.path).glob("checkpoint_*"))
+    epochs = [load_checkpoint_dir(Path(result.path) / f"checkpoint_{i:06d}")[0]["epoch"] for i in written]
+    assert epochs == sorted({*range(checkpoint_every, EPOCHS + 1, checkpoint_every), EPOCHS})
 
 
 def test_nan_from_the_first_epoch_ends_at_t_with_a_flag(local_ray, data_dir, tmp_path):
@@ -140,18 +151,20 @@ def test_driver_stopped_then_restored_continues_exactly(local_ray, data_dir, ref
     assert _checkpoints(experiment, epochs=3) == short_checkpoints  # the finished trial was not re-run
 
 
-def test_corrupt_checkpoint_fails_its_trial_only_and_names_the_file(local_ray, data_dir, tmp_path):
-    config = space(data_dir, seed=tune.grid_search([0, 1]), epochs=4,
-                   corrupt=tune.sample_from(lambda config: config["seed"] == 0))
+def test_damaged_checkpoints_fail_their_trial_only_and_name_the_file(local_ray, data_dir, tmp_path):
+    """A truncated run.pt (seed 0) and a checkpoint whose snapshot file was deleted (seed 1)."""
+    faults = {0: "corrupt", 1: "lose_snapshot", 2: None}
+    config = space(data_dir, seed=tune.grid_search([0, 1, 2]), epochs=4,
+                   fault=tune.sample_from(lambda config: faults[config["seed"]]))
     results = tune_helpers.tuner(tune_helpers.corrupt_then_die_trainable, config, tmp_path, "corrupt",
                                  max_failures=1).fit()
-    errored = [r for r in results if r.error is not None]
-    finished = [r for r in results if r.error is None]
-    assert len(errored) == 1 and len(finished) == 1
-    assert errored[0].config["seed"] == 0 and finished[0].metrics["epochs_done"] == 4
-    message = str(errored[0].error)
+    by_seed = {r.config["seed"]: r for r in results}
+    assert by_seed[2].error is None and by_seed[2].metrics["epochs_done"] == 4
+    message = str(by_seed[0].error)
     assert "cannot load checkpoint" in message and f"checkpoint_000000/{CHECKPOINT_FILE}" in message
-    # It was retried once per FailureConfig, from the same corrupt checkpoint, before giving up.
+    message = str(by_seed[1].error).strip().splitlines()[-1]
+    assert re.search(r"checkpoint_000001: snapshot file \S+/snapshots/[0-9a-f]{32}\.pt is missing", message), message
+    # Each was retried once per FailureConfig, from the same damaged checkpoint, before giving up.
     analysis = tune.ExperimentAnalysis(str(tmp_path / "corrupt"))
     failures = {t.config["seed"]: t.run_metadata.num_failures for t in analysis.trials}
-    assert failures == {0: 2, 1: 0}
+    assert failures == {0: 2, 1: 2, 2: 0}

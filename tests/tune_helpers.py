@@ -40,18 +40,33 @@ def flaky_trainable(config):
 
 
 def corrupt_then_die_trainable(config):
-    """With config["corrupt"]: on its first start, report a checkpoint whose run.pt
-    is truncated (as by a crash mid-copy), then die like a killed worker, so that
-    the retry resumes from the corrupt file. Otherwise the plain trainable."""
+    """A checkpoint damaged, then a death like a killed worker's, so that the retry resumes from it.
+
+    config["fault"]: "corrupt": on its first start, report a checkpoint whose
+    run.pt is truncated (as by a crash mid-copy); "lose_snapshot": train 2
+    epochs, then delete the trial's snapshot files (as by hand) and die.
+    Otherwise (None) the plain trainable.
+    """
     import tempfile
 
+    from aalr_ray._ray_compat import trial_storage
+    from aalr_ray.checkpoints import SNAPSHOT_DIR
     from aalr_ray.trainable import CHECKPOINT_FILE
 
-    if config.get("corrupt") and tune.get_checkpoint() is None:
+    if config.get("fault") == "corrupt" and tune.get_checkpoint() is None:
         with tempfile.TemporaryDirectory() as directory:
             Path(directory, CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut short")
             tune.report({"epochs_done": 0}, checkpoint=tune.Checkpoint.from_directory(directory))
         os._exit(1)
+    if config.get("fault") == "lose_snapshot" and tune.get_checkpoint() is None:
+        fs, trial_path = trial_storage()
+
+        def lose_snapshots(run):
+            if run.epoch == 2:
+                fs.delete_dir(f"{trial_path}/{SNAPSHOT_DIR}")
+                os._exit(1)
+
+        _patch_epoch(lose_snapshots)
     aalr_trainable(config)
 
 
