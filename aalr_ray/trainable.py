@@ -201,8 +201,8 @@ _TUNE_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
 _ANY_CHECKPOINT_DIR = re.compile(r"checkpoint_[0-9][0-9_.-]*")  # Tune's and Ray Train's names
 
 
-def _newer_checkpoints(given, fs, run_path: str, checkpoint_class) -> list:
-    """The run's complete checkpoints in storage newer than ``given``, newest first.
+def _newer_checkpoints(given, fs, run_path: str) -> list[tuple[str, bool]]:
+    """(path, complete) of the run's checkpoint directories in storage newer than ``given``, newest first.
 
     After the driver dies, ``Tuner.restore`` restarts each trial from the
     checkpoint its last experiment snapshot names, and Tune snapshots only
@@ -211,8 +211,12 @@ def _newer_checkpoints(given, fs, run_path: str, checkpoint_class) -> list:
     registered, which can be a few reports old. Without this, that many
     finished epochs would be trained again. Checkpoint directories sort by
     name in the order they were written (Tune's ``checkpoint_000007``, Ray
-    Train's ``checkpoint_<date and time>``). A ``given`` checkpoint of
-    another run (PBT hands them over) is kept as is.
+    Train's ``checkpoint_<date and time>``); complete: it holds ``run.pt``
+    and ``epochs.jsonl``. A ``given`` checkpoint of another run (PBT hands
+    them over) is kept as is; a scheduler that restarts a trial from an
+    older checkpoint of its own on purpose (as
+    :class:`aalr_ray.scheduler.AALRScheduler` does) needs a trainable that
+    restores what it is given, such as :func:`aalr_ray.examples.pbt_trainable`.
     """
     run_path = run_path.rstrip("/")
     if given is not None and given.path.rstrip("/").rsplit("/", 1)[0] != run_path:
@@ -223,8 +227,8 @@ def _newer_checkpoints(given, fs, run_path: str, checkpoint_class) -> list:
         parts = info.path[len(run_path) + 1:].split("/")
         if len(parts) == 2 and _ANY_CHECKPOINT_DIR.fullmatch(parts[0]) and parts[0] > floor:
             files.setdefault(parts[0], set()).add(parts[1])
-    return [checkpoint_class(f"{run_path}/{name}", filesystem=fs)
-            for name in sorted(files, reverse=True) if {CHECKPOINT_FILE, ROWS_FILE} <= files[name]]
+    return [(f"{run_path}/{name}", {CHECKPOINT_FILE, ROWS_FILE} <= files[name])
+            for name in sorted(files, reverse=True)]
 
 
 def resume_newest(run: TrainingRun, given, snapshots: SnapshotFiles, fs, run_path: str) -> tuple[list[dict], list]:
@@ -234,22 +238,28 @@ def resume_newest(run: TrainingRun, given, snapshots: SnapshotFiles, fs, run_pat
     trial's directory, or the Ray Train run's inside it). Returns (rows,
     the checkpoint directories newer than ``given``): Ray never registered
     those, so it never deletes them; :func:`drop_checkpoints` does, once a
-    newer checkpoint is reported.
+    newer checkpoint is reported. Tune's next checkpoint goes after all of
+    them, whichever this resumes from: never into one of them (a directory
+    cut short by a crash included), which that deletion would then take.
     """
-    newer = _newer_checkpoints(given, fs, run_path, type(given) if given is not None else tune.Checkpoint)
-    unknown_to_ray = [checkpoint.path for checkpoint in newer]
-    for checkpoint in newer:
+    newer = _newer_checkpoints(given, fs, run_path)
+    index = _TUNE_CHECKPOINT_DIR.fullmatch(newer[0][0].rsplit("/", 1)[-1]) if newer else None
+    if index is not None:
+        advance_checkpoint_index(int(index.group(1)))
+    unknown_to_ray = [path for path, _ in newer]
+    checkpoint_class = type(given) if given is not None else tune.Checkpoint
+    for path, complete in newer:
+        if not complete:
+            continue
+        checkpoint = checkpoint_class(path, filesystem=fs)
         try:
             rows = resume(run, checkpoint, snapshots)
         except CheckpointError as exc:  # a copy cut short by the crash: try the next older one
             # (CheckpointError comes before anything is loaded into the run.)
-            log.warning("skipping checkpoint %s: %s", checkpoint.path, exc)
+            log.warning("skipping checkpoint %s: %s", path, exc)
             continue
-        log.info("resuming from %s, newer than the %s Ray restored", checkpoint.path,
+        log.info("resuming from %s, newer than the %s Ray restored", path,
                  "checkpoint" if given is not None else "fresh start")
-        index = _TUNE_CHECKPOINT_DIR.fullmatch(checkpoint.path.rsplit("/", 1)[-1])
-        if index is not None:  # Tune writes the next checkpoint after this one, not over newer files
-            advance_checkpoint_index(int(index.group(1)))
         return rows, unknown_to_ray
     return resume(run, given, snapshots), unknown_to_ray
 

@@ -168,3 +168,36 @@ def test_damaged_checkpoints_fail_their_trial_only_and_name_the_file(local_ray, 
     analysis = tune.ExperimentAnalysis(str(tmp_path / "corrupt"))
     failures = {t.config["seed"]: t.run_metadata.num_failures for t in analysis.trials}
     assert failures == {0: 2, 1: 2, 2: 0}
+
+
+def test_resume_newest_passes_a_torn_newer_checkpoint_and_writes_after_it(data_dir, tmp_path, monkeypatch):
+    """Tune restores checkpoint 0; 1 is whole, 2 (the newest) was cut short by the crash. The run
+    resumes from 1, and Tune's next checkpoint is 3: never one of the directories that are deleted
+    once it is reported (before, a fallback wrote into the torn one and then deleted it)."""
+    import pyarrow.fs as pafs
+    import ray.tune.context
+    from ray.train._internal.storage import StorageContext
+
+    from aalr_ray.checkpoints import SnapshotFiles
+    from aalr_ray.trainable import resume_newest, write_checkpoint_dir
+
+    trial = tmp_path / "exp" / "trial_0"
+    config = RunConfig(model="mnist1d-cnn", dataset="mnist1d", method="aalr", epochs=3, data_dir=data_dir)
+    files = lambda: SnapshotFiles(pafs.LocalFileSystem(), str(trial / "snapshots"))  # noqa: E731
+    run, snapshots, rows = TrainingRun(config), files(), []
+    for index in range(3):  # checkpoints 0, 1, 2 after epochs 1, 2, 3
+        rows.append(run.train_one_epoch())
+        (trial / f"checkpoint_{index:06d}").mkdir(parents=True)
+        write_checkpoint_dir(run, rows, trial / f"checkpoint_{index:06d}", snapshots)
+    (trial / "checkpoint_000002" / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut short")
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="trial_0",
+                             current_checkpoint_index=0)
+    monkeypatch.setattr(ray.tune.context.session, "get_storage", lambda: storage)
+
+    resumed = TrainingRun(config)
+    given = tune.Checkpoint(str(trial / "checkpoint_000000"))
+    back, unknown_to_ray = resume_newest(resumed, given, files(), pafs.LocalFileSystem(), str(trial))
+    assert resumed.epoch == 2 and back == rows[:2]
+    assert unknown_to_ray == [str(trial / "checkpoint_000002"), str(trial / "checkpoint_000001")]
+    storage._update_checkpoint_index({})  # what Tune does before it writes the next checkpoint
+    assert storage.checkpoint_dir_name == "checkpoint_000003"
