@@ -40,7 +40,8 @@ built with its data-parallel hooks (``shard``, ``reduce_loss``, ``wrap_model``):
   :mod:`aalr_ray.trainable`, AALR's snapshots in files of their own beside
   the checkpoints, :mod:`aalr_ray.checkpoints`) and reports them to Ray
   Train; the others report metrics only. ``checkpoint_every`` applies too.
-  Each row's ``node``/``node_ip`` name every rank's node, comma-joined. Ray Train stores them under ``<trial dir>/ddp/`` in the Tune
+  Each row's ``node``/``node_ip`` name every rank's node, comma-joined. Ray
+  Train stores the checkpoints under ``<trial dir>/ddp/`` in the Tune
   experiment's storage (local or S3); Tune gets their path as the
   ``checkpoint_path`` metric, which :func:`aalr_ray.runner.collect` reads.
 * resume: the Train run's storage path and name are fixed per Tune trial, so
@@ -50,8 +51,9 @@ built with its data-parallel hooks (``shard``, ``reduce_loss``, ``wrap_model``):
   controller had not processed yet are dropped), so every rank resumes from
   the newest complete checkpoint in the run's storage instead
   (:func:`aalr_ray.trainable.resume_newest`); only the epoch in flight is
-  trained again, and on CPU the rerun is identical. Worker failures are not retried by Ray
-  Train itself (``max_failures=0``): Tune's retry is the one policy.
+  trained again, and on CPU the rerun is identical. Worker failures are not
+  retried by Ray Train itself (``max_failures=0``): Tune's retry is the one
+  policy.
 * no live ``epochs.jsonl`` in the Tune trial directory (the single-process
   trainable's ``tail -f`` log): the rows travel in the checkpoints.
 

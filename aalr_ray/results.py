@@ -23,8 +23,8 @@ import pyarrow as pa
 from . import storage as store
 from .files import atomic_open
 
-__all__ = ["EPOCHS_FILE", "TRIALS_FILE", "ROWS_FILE", "JSON_FIELDS", "RUN_CONTEXT_FIELDS", "RowsError", "read_rows", "write_rows",
-           "trial_summary", "TrialResult", "Collected", "collect_trials", "table_of", "write_parquet"]
+__all__ = ["EPOCHS_FILE", "TRIALS_FILE", "ROWS_FILE", "JSON_FIELDS", "RUN_CONTEXT_FIELDS", "RowsError", "read_rows",
+           "write_rows", "trial_summary", "TrialResult", "Collected", "collect_trials", "table_of", "write_parquet"]
 
 EPOCHS_FILE = "epochs.parquet"
 TRIALS_FILE = "trials.parquet"
@@ -35,7 +35,7 @@ JSON_FIELDS = ("method_options", "robust_eval", "training")
 # in these alone (on one machine), so comparisons of runs leave them out.
 RUN_CONTEXT_FIELDS = ("epoch_s", "eval_s", "node", "node_ip")
 # Config fields that say where and how a trial ran, not what it trained: not results.
-MACHINE_FIELDS = ("data_dir", "threads", "device")
+_MACHINE_FIELDS = ("data_dir", "threads", "device")
 
 
 # ------------------------------------------------------------ the epoch log
@@ -79,7 +79,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 # --------------------------------------------------------------- summaries
 def _flat_config(config: dict) -> dict:
-    flat = {k: v for k, v in config.items() if k not in MACHINE_FIELDS}
+    flat = {k: v for k, v in config.items() if k not in _MACHINE_FIELDS}
     for key in JSON_FIELDS:
         if key in flat and not isinstance(flat[key], str):
             flat[key] = json.dumps(flat[key], sort_keys=True)
@@ -107,7 +107,8 @@ def trial_summary(config: dict, rows: list[dict], status: str, error: str | None
         )
         for key in ("node", "node_ip"):  # where it trained (a DDP row names every rank's), each node once
             if any(key in r for r in rows):
-                summary[key] = ",".join(dict.fromkeys(node for r in rows if key in r for node in str(r[key]).split(",")))
+                nodes = (node for r in rows if key in r for node in str(r[key]).split(","))
+                summary[key] = ",".join(dict.fromkeys(nodes))
         for key in ("fgsm_acc", "pgd_acc"):
             if key in last:
                 summary[f"final_{key}"] = last.get(f"final_{key}", last[key])

@@ -71,3 +71,15 @@ def test_written_files_get_the_mode_open_would_give(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_trials_row_names_every_node_that_trained_it_once():
+    """A trial retried on another node, its data-parallel rows naming both ranks' nodes."""
+    from aalr_ray.results import trial_summary
+
+    row = {"test_acc": 0.5, "train_loss": 1.0, "lr": 0.1, "epoch_s": 1.0, "eval_s": 0.1}
+    rows = [{**row, "epoch": 1, "node": "a,b", "node_ip": "10.0.0.1,10.0.0.2"},
+            {**row, "epoch": 2, "node": "a,c", "node_ip": "10.0.0.1,10.0.0.3"}]
+    summary = trial_summary({"epochs": 2}, rows, "TERMINATED", None)
+    assert (summary["node"], summary["node_ip"]) == ("a,b,c", "10.0.0.1,10.0.0.2,10.0.0.3")
+    assert "node" not in trial_summary({"epochs": 2}, [row | {"epoch": 1}], "UNFINISHED", None)
