@@ -148,10 +148,11 @@ class SnapshotFiles:
         self._pending -= latest
         # Only these snapshots can be met again (the controller holds them).
         self._files = {k: v for k, v in self._files.items() if v[1] in latest | self._pending}
-        named = self._named_by_checkpoints()
+        candidates = self._listed() - latest - self._pending
+        named = self._named_by_checkpoints() if candidates else None  # most epochs: nothing to read
         if named is None:
             return
-        for name in sorted(self._listed() - named - latest - self._pending):
+        for name in sorted(candidates - named):
             try:
                 self.fs.delete_file(f"{self.directory}/{name}")
             except FileNotFoundError:
