@@ -42,7 +42,7 @@ STAGES = {
     "throughput": ("throughput.py", [], ["--quick"]),
     "adversarial": ("adversarial.py", [], ["--quick"]),  # optional: skipped when the script is missing
     "faults": ("faults.py", [], ["--scenarios", "kill9-running,two-drivers"]),
-    "multinode": ("multinode.py", [], ["--scenarios", "node-loss,autoscaling"]),  # full mode ~14 min
+    "multinode": ("multinode.py", [], ["--scenarios", "node-loss,autoscaling"]),  # full mode ~20 min
 }
 OPTIONAL = {"adversarial"}
 QUICK_RESULTS = RESULTS / "quick"
