@@ -519,17 +519,17 @@ def main(argv=None) -> int:
     return 0 if all(o.exact for o in outcomes) else 1
 
 
-OUTCOMES_FILE = BENCH / "results" / "multinode.json"
-
-
 def merged(outcomes: list[Outcome]) -> list[Outcome]:
-    """These outcomes, plus those of scenarios not run this time from the last run (results/multinode.json,
-    rewritten here), in SCENARIOS order: one scenario can be measured again on its own."""
-    earlier = json.loads(OUTCOMES_FILE.read_text()) if OUTCOMES_FILE.exists() else {}
+    """These outcomes, plus those of scenarios not run this time from the last run (multinode.json beside
+    the fragments, rewritten here), in SCENARIOS order: one scenario can be measured again on its own."""
+    import common  # its RESULTS is where this run's fragments go (run_all.py --quick moves it)
+
+    outcomes_file = common.RESULTS / "multinode.json"
+    earlier = json.loads(outcomes_file.read_text()) if outcomes_file.exists() else {}
     by_name = {name: Outcome(**fields) for name, fields in earlier.items()}
     by_name.update({o.scenario: o for o in outcomes})
-    OUTCOMES_FILE.parent.mkdir(exist_ok=True)
-    OUTCOMES_FILE.write_text(json.dumps({n: asdict(o) for n, o in by_name.items()}, indent=1) + "\n")
+    outcomes_file.parent.mkdir(parents=True, exist_ok=True)
+    outcomes_file.write_text(json.dumps({n: asdict(o) for n, o in by_name.items()}, indent=1) + "\n")
     return [by_name[name] for name in SCENARIOS if name in by_name]
 
 
