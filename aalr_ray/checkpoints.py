@@ -5,7 +5,7 @@ ones: theta_0 during phase 1 (``initial``) and the best point of phase 2
 (``best``). Both change rarely: ``initial`` never, ``best`` at SAVE_BEST
 only. Carrying them inside every epoch's ``run.pt`` would upload up to three
 times the model and optimizer state each epoch (a ResNet-18 checkpoint grows
-from 45 MB to 134 MB); on a cluster every byte goes to object storage.
+from 89 MB, model and optimizer, to 134 MB in phase 1); on a cluster every byte goes to object storage.
 
 So a checkpoint directory (Tune's ``checkpoint_NNNNNN``) holds the live
 state, with each snapshot replaced by a reference ``{"snapshot_file": NAME}``,

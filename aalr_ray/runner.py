@@ -162,7 +162,7 @@ def _tuner(grid: Grid, configs: list[dict], storage: str, name: str):
             name=name, storage_path=storage, progress_reporter=reporter, verbose=1,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             # The trainable only ever restores the latest checkpoint; a few
-            # bound the disk (a ResNet-18 checkpoint is 45 MB, one per epoch).
+            # bound the disk (a ResNet-18 checkpoint is 89 MB, one per epoch).
             # Tune snapshots the experiment state whenever a trial has
             # checkpointed num_to_keep times since the last snapshot, so the
             # value is also how often that happens.
