@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install system-deps clean
 
 install: $(STAMP)
 
@@ -30,10 +30,26 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+# The real components two tests drive, from the system's packages: Prometheus scraping Ray's
+# metrics (tests/test_monitoring.py) and Chromium opening report.html (tests/test_report_html.py).
+# Installed when missing and this is root on Debian/Ubuntu (as on CI); elsewhere those tests
+# skip and say why.
+SYSTEM_PACKAGES := prometheus chromium
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $$missing (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	        || echo "WARNING: apt-get could not install $$missing; the tests that need them will skip"; \
+	else \
+	    echo "WARNING: $$missing not installed (needs root and apt-get); the tests that need them will skip"; \
+	fi
+
 # Two workers, one test module each (--dist loadscope keeps a module's embedded Ray
 # to one worker): the Ray tests spend most of their time waiting for actors to
 # start, so two at once on 2 cores take about half the wall time of one.
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 clean:

@@ -82,6 +82,7 @@ DRIVER_MEMORY = 256 * 2**20  # bytes reserved for a trial's driver process
 TRAIN_RUN_NAME = "ddp"  # Ray Train's run directory inside the Tune trial directory
 TRAIN_KEEP_CHECKPOINTS = 2  # Ray Train's num_to_keep: the worker only restores the latest
 SNAPSHOTS_KEY = "_snapshots"  # (filesystem, directory) of the Train run's snapshot files, in the worker config
+EXPERIMENT_KEY = "_experiment"  # the Tune experiment's name, for the trial's metrics tags
 
 
 # --------------------------------------------------------------- the worker
@@ -163,6 +164,7 @@ def train_worker(config: dict) -> None:
     from . import storage as store
     from .checkpoints import SnapshotFiles
     # The single-process trainable's epoch and checkpoint format (imported here: it imports Ray Tune).
+    from .metrics import TrialMetrics
     from .trainable import (EVERY_KEY, checkpoint_due, drop_checkpoints, node_labels, resume_newest,
                             run_config_from, train_next_epoch, write_checkpoint_dir)
 
@@ -183,10 +185,14 @@ def train_worker(config: dict) -> None:
                                          snapshot_dir.rsplit("/", 1)[0])
 
     every = int(config.get(EVERY_KEY) or 1)
+    # Rank 0's metrics stand for the trial, as its row does.
+    metrics = TrialMetrics.for_trial(config, config.get(EXPERIMENT_KEY, "")) if rank == 0 else None
     while run.epoch < run.config.epochs:
         row = {**train_next_epoch(run), **node}
         check_ranks_agree(run, world_size)
         rows.append(row)
+        if metrics is not None:
+            metrics.export(row, rows)
         # report() is a barrier: every rank calls it each epoch, rank 0 alone with a checkpoint.
         if rank == 0 and checkpoint_due(run, every):
             with tempfile.TemporaryDirectory() as directory:
@@ -216,6 +222,7 @@ def ddp_trainable_for(workers: int, resources: dict, *, worker_fn: Callable[[dic
         from ray.tune.integration.ray_train import TuneReportCallback
 
         from aalr_ray._ray_compat import trial_storage  # absolute: this function is pickled by value
+        from aalr_ray.trainable import experiment_name
         from aalr_ray.checkpoints import SNAPSHOT_DIR
 
         # The Tune trial's own directory in the experiment storage (local or S3). A fixed
@@ -225,7 +232,8 @@ def ddp_trainable_for(workers: int, resources: dict, *, worker_fn: Callable[[dic
         trainer = TorchTrainer(
             worker_fn,
             # The snapshots live beside the Train run's checkpoints (aalr_ray.checkpoints).
-            train_loop_config={**config, SNAPSHOTS_KEY: (filesystem, f"{run_path}/{SNAPSHOT_DIR}")},
+            train_loop_config={**config, SNAPSHOTS_KEY: (filesystem, f"{run_path}/{SNAPSHOT_DIR}"),
+                               EXPERIMENT_KEY: experiment_name()},
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=workers, use_gpu=bool(gpu),

@@ -27,7 +27,8 @@ after a restore) and a checkpoint directory holding
 With ``checkpoint_every: k`` in the config, only every k-th epoch (and the
 last) carries a checkpoint: for large models, at the price of up to k - 1
 epochs trained again after a failure. Each row also names the Ray node that
-trained it (``node``: its id, ``node_ip``).
+trained it (``node``: its id, ``node_ip``), and the trial sets its live
+state as Ray metrics (:mod:`aalr_ray.metrics`) for Prometheus.
 
 On start it resumes from ``tune.get_checkpoint()``, or from a newer
 checkpoint of the trial in storage (:func:`resume_newest`: after a lost
@@ -59,13 +60,14 @@ from ._ray_compat import advance_checkpoint_index, trial_storage
 from .checkpoints import INDEX_FILE, SNAPSHOT_DIR, SnapshotFileError, SnapshotFiles, index_of
 from .controller import atomic_torch_save
 from .files import atomic_write
+from .metrics import TrialMetrics
 # The epoch log's format lives in results (free of Ray); its names are imported from here too.
 from .results import ROWS_FILE, RowsError, read_rows, write_rows
 from .train import RunConfig, TrainingRun
 
 __all__ = ["aalr_trainable", "run_config_from", "resume", "train_next_epoch", "write_checkpoint_dir",
            "load_checkpoint_dir", "read_rows", "node_labels", "checkpoint_due", "resume_newest", "drop_checkpoints",
-           "CheckpointError", "CHECKPOINT_FILE", "ROWS_FILE"]
+           "experiment_name", "CheckpointError", "CHECKPOINT_FILE", "ROWS_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,14 @@ def node_labels() -> dict:
     import ray
 
     return {"node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
+def experiment_name() -> str:
+    """The Tune experiment this trial belongs to (its directory's name), or "" outside one."""
+    try:
+        return tune.get_context().get_experiment_name() or ""
+    except Exception:  # a trainable called outside Tune (tests, a user's own loop)
+        return ""
 
 
 def trial_snapshot_files(fs, trial_path: str) -> SnapshotFiles:
@@ -280,12 +290,14 @@ def aalr_trainable(config: dict) -> None:
     run = TrainingRun(run_config_from(config))
     rows, unknown_to_ray = resume_newest(run, tune.get_checkpoint(), snapshots, fs, trial_path)
     every, node = int(config.get(EVERY_KEY) or 1), node_labels()
+    metrics = TrialMetrics.for_trial(config, experiment_name())
     directory = live_log_dir(fs, trial_path)
     live = _LiveLog(directory / ROWS_FILE, rows) if directory is not None else None
     try:
         while run.epoch < run.config.epochs:
             row = {**train_next_epoch(run), **node}
             rows.append(row)
+            metrics.export(row, rows)
             if live is not None:
                 live.append(row)
             if not checkpoint_due(run, every):

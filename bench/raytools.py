@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 
-def start_ray(num_cpus: int = 2):
+def start_ray(num_cpus: int = 2, include_dashboard: bool = False):
     """An embedded local Ray of its own (``address="local"`` never joins another
     Ray on the machine; ``ray.shutdown()`` stops only what this process started).
 
@@ -31,7 +31,7 @@ def start_ray(num_cpus: int = 2):
         sys.path.insert(0, str(BENCH))
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, log_to_driver=False,
              configure_logging=False)
     return ray
 

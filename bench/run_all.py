@@ -40,6 +40,7 @@ STAGES = {
     "ray_cost": ("ray_cost.py", [], ["--quick"]),
     "scheduler_cost": ("scheduler_cost.py", [], ["--quick"]),
     "throughput": ("throughput.py", [], ["--quick"]),
+    "monitoring_cost": ("monitoring_cost.py", [], ["--quick"]),  # ~1 min
     "adversarial": ("adversarial.py", [], ["--quick"]),  # optional: skipped when the script is missing
     "faults": ("faults.py", [], ["--scenarios", "kill9-running,two-drivers"]),
     "multinode": ("multinode.py", [], ["--scenarios", "node-loss,autoscaling"]),  # full mode ~20 min
