@@ -90,8 +90,9 @@ class AALRController:
             to ``core.lr`` times the group's ratio to the first group at
             construction, so per-group LR ratios are kept.
         max_epochs, initial_lr, phase1_patience, window,
-        collapse_is_divergence, restore_on_decrease: passed to
-            :class:`aalr_ray.core.AALR` (the paper's values by default).
+        collapse_is_divergence, restore_on_decrease, restore_if_worse,
+        significant_gain, judge: passed to :class:`aalr_ray.core.AALR`
+            (the paper's values by default).
         final: ``"last"`` keeps the last weights after :meth:`finish`;
             ``"best"`` reloads the best checkpoint.
         best_path: keep the best checkpoint in this file instead of memory
@@ -101,12 +102,14 @@ class AALRController:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_epochs: int, *,
                  initial_lr: float = 0.1, phase1_patience: int = 10, window: str = "text",
                  collapse_is_divergence: bool = False, restore_on_decrease: bool = False,
+                 restore_if_worse: bool = False, significant_gain: bool = False, judge: str = "last",
                  final: str = "last", best_path: str | os.PathLike | None = None):
         if final not in FINALS:
             raise ValueError(f"final must be one of {', '.join(FINALS)}; got {final!r}")
         self.core = AALR(max_epochs, initial_lr=initial_lr, phase1_patience=phase1_patience,
                          window=window, collapse_is_divergence=collapse_is_divergence,
-                         restore_on_decrease=restore_on_decrease)
+                         restore_on_decrease=restore_on_decrease, restore_if_worse=restore_if_worse,
+                         significant_gain=significant_gain, judge=judge)
         self.model = model
         self.optimizer = optimizer
         self.final = final

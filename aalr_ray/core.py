@@ -58,12 +58,31 @@ places; these are the choices made here):
 * The action of the final epoch is returned like any other, so a caller that
   ends on a bad loss still gets usable weights back.
 
-Two robustness options, both off by default (off is the paper):
+Options, all off by default (off is the paper); none has a value to tune:
 
-* ``collapse_is_divergence``: in phase 2 a finite loss >= J(theta_0) counts as
-  bad. A network whose ReLUs died reports a finite loss near ln(classes)
-  forever; the paper's rule would halve the LR without ever rolling back.
-* ``restore_on_decrease``: a failed second try also returns RESTORE_BEST.
+=========================  ====================================================
+option                     what changes in phase 2
+=========================  ====================================================
+``collapse_is_divergence``  a finite loss >= J(theta_0) counts as bad. A network
+                           whose ReLUs died reports a finite loss near
+                           ln(classes) forever; the paper's rule would halve the
+                           LR without ever rolling back.
+``restore_on_decrease``    a failed second try also returns RESTORE_BEST.
+``restore_if_worse``       a failed second try returns RESTORE_BEST only when
+                           the judged loss is worse than L* by more than
+                           :data:`SIGNIFICANT` (1 %) of L*: progress made at a
+                           higher LR whose last epoch was merely noisy is kept.
+                           Excludes ``restore_on_decrease``.
+``significant_gain``       a window's end is a gain only when it beats L* by
+                           more than :data:`SIGNIFICANT` of L*, so that noise
+                           alone does not double the LR.
+``judge="mean"``           a window is judged by the mean loss of its epochs,
+                           not its last epoch (``"last"``, the paper); L* is
+                           then the judged mean of the best window.
+=========================  ====================================================
+
+Phase 1 is the paper's under every option; its patience is
+``phase1_patience`` (10 in the paper).
 """
 
 from __future__ import annotations
@@ -71,9 +90,14 @@ from __future__ import annotations
 import math
 from enum import Enum
 
-__all__ = ["AALR", "Action", "WINDOWS"]
+__all__ = ["AALR", "Action", "WINDOWS", "JUDGES", "SIGNIFICANT"]
 
 WINDOWS = ("text", "pseudocode")
+JUDGES = ("last", "mean")
+# The fraction of L* that ``significant_gain`` and ``restore_if_worse`` ask for. Fixed once,
+# before any benchmark was run (BENCHMARKS.md, "AALR ablation"), and the same for every
+# model and dataset: a constant of the method, not a knob.
+SIGNIFICANT = 0.01
 
 
 class Action(str, Enum):
@@ -94,13 +118,16 @@ class AALR:
     """The AALR state machine; see the module docstring for every decision."""
 
     _CONFIG = ("max_epochs", "initial_lr", "phase1_patience", "window",
-               "collapse_is_divergence", "restore_on_decrease")
+               "collapse_is_divergence", "restore_on_decrease", "restore_if_worse", "significant_gain", "judge")
     _STATE = ("lr", "epoch", "phase", "patience", "best_loss", "initial_loss",
-              "phase1_count", "window_epochs", "second_try", "started")
+              "phase1_count", "window_epochs", "window_loss_sum", "second_try", "started")
+    # Keys that states saved before they existed lack: the value that behaves as those states did.
+    _ADDED = {"restore_if_worse": False, "significant_gain": False, "judge": "last", "window_loss_sum": 0.0}
 
     def __init__(self, max_epochs: int, initial_lr: float = 0.1, phase1_patience: int = 10,
                  window: str = "text", collapse_is_divergence: bool = False,
-                 restore_on_decrease: bool = False):
+                 restore_on_decrease: bool = False, restore_if_worse: bool = False,
+                 significant_gain: bool = False, judge: str = "last"):
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
             raise ValueError(f"max_epochs must be an integer >= 1, got {max_epochs!r}")
         if not (isinstance(initial_lr, (int, float)) and math.isfinite(initial_lr) and initial_lr > 0):
@@ -109,12 +136,20 @@ class AALR:
             raise ValueError(f"phase1_patience must be an integer >= 1, got {phase1_patience!r}")
         if window not in WINDOWS:
             raise ValueError(f"window must be one of {', '.join(WINDOWS)}; got {window!r}")
+        if judge not in JUDGES:
+            raise ValueError(f"judge must be one of {', '.join(JUDGES)}; got {judge!r}")
+        if restore_on_decrease and restore_if_worse:
+            raise ValueError("restore_on_decrease (always reload the best on a halving) and restore_if_worse "
+                             "(only when the loss is worse) exclude each other; choose one")
         self.max_epochs = max_epochs
         self.initial_lr = float(initial_lr)
         self.phase1_patience = phase1_patience
         self.window = window
         self.collapse_is_divergence = bool(collapse_is_divergence)
         self.restore_on_decrease = bool(restore_on_decrease)
+        self.restore_if_worse = bool(restore_if_worse)
+        self.significant_gain = bool(significant_gain)
+        self.judge = judge
 
         self.lr = self.initial_lr
         self.epoch = 0  # epochs trained so far, rolled-back ones included
@@ -124,6 +159,7 @@ class AALR:
         self.initial_loss = math.nan  # J(theta_0)
         self.phase1_count = 0  # phase 1: epochs in a row that did not worsen the loss
         self.window_epochs = 0  # phase 2: epochs trained in the current window
+        self.window_loss_sum = 0.0  # phase 2: their losses added up (judge="mean")
         self.second_try = False  # phase 2: the current window is the second chance
         self.started = False
 
@@ -179,6 +215,7 @@ class AALR:
 
     def _phase2(self, loss: float) -> Action:
         self.window_epochs += 1
+        self.window_loss_sum += loss
         collapsed = self.collapse_is_divergence and loss >= self.initial_loss
         if is_bad(loss) or collapsed:
             self.lr /= 2
@@ -186,22 +223,31 @@ class AALR:
             return Action.RESTORE_BEST
         if self.window_epochs < self.window_length and not self.finished:
             return Action.CONTINUE
-        if loss < self.best_loss:
-            self.best_loss = loss
+        judged = self.window_loss_sum / self.window_epochs if self.judge == "mean" else loss
+        if self._is_gain(judged):
+            self.best_loss = judged
             self.lr *= 2
             self._new_window(patience=1)
             return Action.SAVE_BEST
         if not self.second_try:
-            self.window_epochs = 0
+            self.window_epochs, self.window_loss_sum = 0, 0.0
             self.second_try = True
             return Action.CONTINUE
+        worse = judged > self.best_loss + SIGNIFICANT * abs(self.best_loss)
         self.lr /= 2
         self._new_window(patience=self.patience * 2)
-        return Action.RESTORE_BEST if self.restore_on_decrease else Action.CONTINUE
+        if self.restore_on_decrease or (self.restore_if_worse and worse):
+            return Action.RESTORE_BEST
+        return Action.CONTINUE
+
+    def _is_gain(self, judged: float) -> bool:
+        """Whether a window's judged loss beats L* (by SIGNIFICANT of it, with ``significant_gain``)."""
+        margin = SIGNIFICANT * abs(self.best_loss) if self.significant_gain else 0.0
+        return judged < self.best_loss - margin
 
     def _new_window(self, patience: int) -> None:
         self.patience = patience
-        self.window_epochs = 0
+        self.window_epochs, self.window_loss_sum = 0, 0.0
         self.second_try = False
 
     # ------------------------------------------------------------ persistence
@@ -211,6 +257,7 @@ class AALR:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s output; future decisions are unchanged."""
+        state = {**self._ADDED, **state}  # a state saved before an option existed runs as it did then
         missing = [k for k in self._CONFIG + self._STATE if k not in state]
         if missing:
             raise ValueError(f"AALR state is missing {', '.join(missing)}")
@@ -221,6 +268,7 @@ class AALR:
         self.lr = float(self.lr)
         self.best_loss = float(self.best_loss)
         self.initial_loss = float(self.initial_loss)
+        self.window_loss_sum = float(self.window_loss_sum)
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "AALR":

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from . import safeyaml
-from .core import WINDOWS
+from .core import JUDGES, WINDOWS
 from .errors import describe, one_line
 from .imports import ImportPathError, load_callable
 
@@ -590,6 +590,7 @@ def _option_choices() -> dict[str, tuple]:
 
     return {
         "window": WINDOWS,  # aalr_ray/core.py
+        "judge": JUDGES,  # aalr_ray/core.py
         "final": FINALS,  # aalr_ray/controller.py
         "recipe": ("auto", *sorted(STEP_RECIPES)),
         "mode": ("triangular", "triangular2", "exp_range"),  # torch CyclicLR

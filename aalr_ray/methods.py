@@ -571,6 +571,9 @@ _AALR_DEFAULTS = {
     "window": "text",  # w = p + 1 (Sections 2 and 4); see aalr_ray/core.py
     "collapse_is_divergence": False,  # off = the paper; see aalr_ray/core.py
     "restore_on_decrease": False,  # off = the paper
+    "restore_if_worse": False,  # off = the paper; see aalr_ray/core.py
+    "significant_gain": False,  # off = the paper
+    "judge": "last",  # the paper judges a window by its last epoch; "mean": by its mean loss
     "final": "last",  # the paper reports the last epoch's weights
     "best_path": None,  # keep the best checkpoint in memory (a path keeps it on disk)
 }
@@ -600,7 +603,8 @@ def _build_aalr(name: str):
             model, optimizer, ctx.epochs, initial_lr=opts["lr"],
             phase1_patience=opts["phase1_patience"], window=opts["window"],
             collapse_is_divergence=opts["collapse_is_divergence"],
-            restore_on_decrease=opts["restore_on_decrease"], final=opts["final"],
+            restore_on_decrease=opts["restore_on_decrease"], restore_if_worse=opts["restore_if_worse"],
+            significant_gain=opts["significant_gain"], judge=opts["judge"], final=opts["final"],
             best_path=opts["best_path"])
         return AALRMethod(name, optimizer, controller, info={"max_epochs": ctx.epochs, **info})
     return build

@@ -208,7 +208,8 @@ class AALRScheduler(TrialScheduler):
         initial_loss_key: result key of J(theta_0), read from a trial's first
             result (missing: +inf, see the module docstring).
         initial_lr, phase1_patience, window, collapse_is_divergence,
-        restore_on_decrease: passed to :class:`aalr_ray.core.AALR`.
+        restore_on_decrease, restore_if_worse, significant_gain, judge: passed
+            to :class:`aalr_ray.core.AALR`.
     """
 
     # Every epoch must reach the scheduler: results are not buffered.
@@ -217,7 +218,8 @@ class AALRScheduler(TrialScheduler):
     def __init__(self, metric: str = "train_loss", mode: str = "min", max_epochs: int = None,
                  lr_key: str = "lr", initial_loss_key: str = "initial_loss", initial_lr: float = 0.1,
                  phase1_patience: int = 10, window: str = "text", collapse_is_divergence: bool = False,
-                 restore_on_decrease: bool = False):
+                 restore_on_decrease: bool = False, restore_if_worse: bool = False,
+                 significant_gain: bool = False, judge: str = "last"):
         if mode != "min":
             raise ValueError(f"AALRScheduler minimises a loss: mode must be 'min', got {mode!r}")
         for name, value in (("metric", metric), ("lr_key", lr_key), ("initial_loss_key", initial_loss_key)):
@@ -230,7 +232,8 @@ class AALRScheduler(TrialScheduler):
         self._core_args = dict(max_epochs=max_epochs, initial_lr=initial_lr,
                                phase1_patience=phase1_patience, window=window,
                                collapse_is_divergence=collapse_is_divergence,
-                               restore_on_decrease=restore_on_decrease)
+                               restore_on_decrease=restore_on_decrease, restore_if_worse=restore_if_worse,
+                               significant_gain=significant_gain, judge=judge)
         AALR(**self._core_args)  # validates them, with the core's one-line messages
         super().__init__()
         self._metric = metric

@@ -44,6 +44,7 @@ STAGES = {
     "adversarial": ("adversarial.py", [], ["--quick"]),  # optional: skipped when the script is missing
     "faults": ("faults.py", [], ["--scenarios", "kill9-running,two-drivers"]),
     "multinode": ("multinode.py", [], ["--scenarios", "node-loss,autoscaling"]),  # full mode ~20 min
+    "ablation": ("ablation.py", [], ["--quick"]),  # full mode ~25 min
 }
 OPTIONAL = {"adversarial"}
 QUICK_RESULTS = RESULTS / "quick"

@@ -270,6 +270,37 @@ def test_the_adam_methods_are_registered_with_their_defaults():
     assert METHODS["aalr-robust-adam"].defaults[robust[0]] and not METHODS["aalr-adam"].defaults[robust[0]]
 
 
+@pytest.mark.parametrize("name", ["aalr", "aalr-adam"])
+@pytest.mark.parametrize("option, value", [("restore_if_worse", True), ("significant_gain", True), ("judge", "mean")])
+def test_the_ablation_options_reach_the_core_off_by_default(name, option, value):
+    _, default = tiny_method(name)
+    _, chosen = tiny_method(name, {option: value})
+    assert getattr(default.controller.core, option) == {"judge": "last"}.get(option, False)
+    assert getattr(chosen.controller.core, option) == value
+
+
+def test_restore_if_worse_reloads_the_best_weights_only_when_the_loss_is_worse():
+    """The controller acts on the core's RESTORE_BEST of a failed, worse second try; a merely
+    noisy one keeps the weights it trained."""
+    for last_loss, expected in ((1.52, Action.RESTORE_BEST), (1.51, Action.CONTINUE)):
+        model = two_group_model()
+        optimizer = two_group_optimizer("adam", model)
+        aalr = AALRController(model, optimizer, max_epochs=30, initial_lr=1e-3, phase1_patience=1,
+                              restore_if_worse=True)
+        aalr.start(2.3)
+        train(model, optimizer)
+        assert aalr.step(1.5) is Action.SAVE_BEST  # L* = 1.5; windows of 2 epochs
+        best_weights = weights(model)
+        for loss in (1.6, 1.6, 1.6):  # no gain, then a second try
+            train(model, optimizer)
+            assert aalr.step(loss) is Action.CONTINUE
+        train(model, optimizer)
+        trained = weights(model)
+        assert aalr.step(last_loss) is expected
+        assert_same(weights(model), best_weights if expected is Action.RESTORE_BEST else trained)
+        assert_lrs(optimizer, 1e-3)  # 2e-3 in phase 2, halved either way
+
+
 def test_aalr_stays_sgd_with_momentum_0_9_and_lr_0_1():
     for name in ("aalr", "aalr-robust"):
         _, method = tiny_method(name)

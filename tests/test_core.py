@@ -93,6 +93,45 @@ SCRIPTS = {
         [1.5, 1.6, 1.6, 1.6, 1.6, 1.6],
         [(0.1, S), (0.2, C), (0.2, C), (0.2, C), (0.2, B), (0.1, C)],
     ),
+    "restore_if_worse: a failed second try more than 1 % worse than L* rolls back": (
+        dict(phase1_patience=1, restore_if_worse=True), 2.0,
+        [1.5, 1.6, 1.6, 1.6, 1.516, 1.6],  # 1.516 > 1.5 * 1.01
+        [(0.1, S), (0.2, C), (0.2, C), (0.2, C), (0.2, B), (0.1, C)],
+    ),
+    "restore_if_worse: a failed second try within 1 % of L* keeps its weights": (
+        dict(phase1_patience=1, restore_if_worse=True), 2.0,
+        [1.5, 1.6, 1.6, 1.6, 1.514, 1.6],  # 1.514 <= 1.5 * 1.01: only noisy
+        [(0.1, S), (0.2, C), (0.2, C), (0.2, C), (0.2, C), (0.1, C)],
+    ),
+    "significant_gain: a gain of under 1 % of L* does not double": (
+        dict(phase1_patience=1, significant_gain=True), 2.0,
+        # 1.495 < 1.5 but not below 1.485: second try; 1.48 is below it: doubled
+        [1.5, 1.6, 1.495, 1.6, 1.48, 1.6],
+        [(0.1, S), (0.2, C), (0.2, C), (0.2, C), (0.2, S), (0.4, C)],
+    ),
+    "significant_gain off: the same small gain doubles (the paper)": (
+        dict(phase1_patience=1), 2.0,
+        [1.5, 1.6, 1.495, 1.6, 1.48, 1.6],
+        [(0.1, S), (0.2, C), (0.2, S), (0.4, C), (0.4, S), (0.8, C)],
+    ),
+    "judge mean: a window whose mean beats L* is a gain, its last epoch aside": (
+        dict(phase1_patience=1, judge="mean"), 2.0,
+        # mean(1.0, 1.6) = 1.3 < 1.5: doubled, L* = 1.3; mean(1.2, 1.45) = 1.325: second try
+        [1.5, 1.0, 1.6, 1.2, 1.45, 1.3],
+        [(0.1, S), (0.2, C), (0.2, S), (0.4, C), (0.4, C), (0.4, C)],
+    ),
+    "judge last: the same window is no gain (the paper)": (
+        dict(phase1_patience=1), 2.0,
+        [1.5, 1.0, 1.6, 1.2, 1.45, 1.3],  # the last epoch ends a cut window: judged, 1.3 < 1.45
+        [(0.1, S), (0.2, C), (0.2, C), (0.2, C), (0.2, S), (0.4, S)],
+    ),
+    "judge mean: the second try's mean counts its own epochs only": (
+        dict(phase1_patience=1, judge="mean"), 2.0,
+        # first try mean(1.6, 1.6) = 1.6; second try mean(1.45, 1.5) = 1.475 < 1.5 (with the
+        # first try's epochs in it the mean would be 1.5375: no gain)
+        [1.5, 1.6, 1.6, 1.45, 1.5, 1.6],
+        [(0.1, S), (0.2, C), (0.2, C), (0.2, C), (0.2, S), (0.4, C)],
+    ),
 }
 
 
@@ -109,6 +148,20 @@ def test_patience_and_phase_bookkeeping():
     assert [p for _, _, p in rows] == [1, 1, 1, 1, 2, 4]
     assert ctl.phase == 2 and ctl.best_loss == 1.5 and ctl.window_length == 5
     assert ctl.lr == pytest.approx(0.05)
+
+
+def test_judge_mean_keeps_the_judged_mean_as_the_best_loss():
+    ctl, _ = run(2.0, [1.5, 1.0, 1.6], phase1_patience=1, judge="mean", max_epochs=10)
+    assert ctl.best_loss == pytest.approx(1.3)
+
+
+def test_a_state_saved_before_the_new_options_loads_and_runs_as_the_paper():
+    ctl, _ = run(2.0, [1.5, 1.6, 1.6], phase1_patience=1, max_epochs=12)
+    old = {k: v for k, v in ctl.state_dict().items() if k not in AALR._ADDED}
+    rebuilt = AALR.from_state_dict(json.loads(json.dumps(old)))
+    assert (rebuilt.judge, rebuilt.significant_gain, rebuilt.restore_if_worse) == ("last", False, False)
+    rest = [1.6, 1.4, NAN, 1.3, 1.2, 1.25, 1.1, 1.0, 1.05]
+    assert drive(rebuilt, rest) == drive(ctl, rest)
 
 
 def test_rollback_keeps_best_loss():
@@ -141,6 +194,8 @@ def test_misuse_is_reported():
     (dict(max_epochs=5, initial_lr=math.nan), "initial_lr"),
     (dict(max_epochs=5, phase1_patience=0), "phase1_patience"),
     (dict(max_epochs=5, window="book"), "text, pseudocode"),
+    (dict(max_epochs=5, judge="median"), "last, mean"),
+    (dict(max_epochs=5, restore_on_decrease=True, restore_if_worse=True), "exclude each other"),
 ])
 def test_bad_configuration(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -160,8 +215,10 @@ configs = st.fixed_dictionaries({
     "phase1_patience": st.integers(1, 10),
     "window": st.sampled_from(["text", "pseudocode"]),
     "collapse_is_divergence": st.booleans(),
-    "restore_on_decrease": st.booleans(),
-})
+    "significant_gain": st.booleans(),
+    "judge": st.sampled_from(["last", "mean"]),
+    "restore": st.sampled_from([{}, {"restore_on_decrease": True}, {"restore_if_worse": True}]),
+}).map(lambda c: {**{k: v for k, v in c.items() if k != "restore"}, **c["restore"]})
 
 
 def drive(ctl, sequence):
