@@ -272,7 +272,7 @@ def _grid_parser(sub) -> None:
     p = sub.add_parser(
         "grid", help="run a YAML grid as one Ray Tune experiment",
         description="Run datasets x models x methods x seeds from a YAML job file as one Ray Tune experiment; "
-                    "write epochs.parquet, trials.parquet and report.md into <storage>/<name>.")
+                    "write epochs.parquet, trials.parquet, report.md and report.html into <storage>/<name>.")
     p.add_argument("job", help="the grid file, e.g. jobs/quickstart.yaml")
     p.add_argument("--storage", default="./results", help="local path or URI (s3://bucket/prefix); default ./results")
     p.add_argument("--address", default=None,
@@ -285,8 +285,9 @@ def _grid_parser(sub) -> None:
 
 
 def _run_grid(args) -> int:
+    from . import storage
     from .grid import GridError
-    from .report import print_summary, write_report
+    from .report import REPORT_HTML, print_summary, write_report
     from .runner import GridRunError, run_grid
     from .storage import StorageError
 
@@ -299,7 +300,7 @@ def _run_grid(args) -> int:
         return 2
     except (GridRunError, StorageError) as exc:
         raise UsageError(one_line(exc)) from None
-    if collected is not None:
+    if collected is not None or not storage.exists(f"{experiment}/{REPORT_HTML}"):  # (a report of before report.html)
         write_report(experiment)
     print_summary(experiment)
     if collected is not None and not collected.complete:
@@ -311,28 +312,73 @@ def _run_grid(args) -> int:
 
 
 def _report_parser(sub) -> None:
-    p = sub.add_parser("report", help="(re)write report.md and the figures from an experiment's Parquet files",
-                       description="Write report.md and PNG figures from EXPERIMENT_DIR/{epochs,trials}.parquet.")
+    p = sub.add_parser(
+        "report", help="(re)write report.md, report.html and the figures of an experiment, finished or running",
+        description="Write report.md, report.html and PNG figures into EXPERIMENT_DIR: from its "
+                    "{epochs,trials}.parquet once the grid has ended, or from the rows the trials have "
+                    "checkpointed so far while it runs (or after it was interrupted). An experiment whose "
+                    "trials have no rows yet is said so in one line, exit status 0, nothing written.")
     p.add_argument("experiment", help="experiment directory or URI, e.g. results/quickstart")
+    p.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                   help="rewrite the report every SECONDS until the grid has ended, then once more and exit 0; "
+                        "report.html reloads itself as often meanwhile")
     p.set_defaults(func=_run_report)
 
 
-def _run_report(args) -> int:
-    from . import storage
-    from .report import ReportError, load_results, print_summary, write_report
-    from .results import TRIALS_FILE
+def _read_for_report(experiment: str):
+    """Every row of the experiment's report, read and checked before anything is written."""
+    from .progress import read_experiment
+    from .storage import StorageError
 
-    experiment = args.experiment if "://" in args.experiment else str(Path(args.experiment).resolve())
     try:
-        if not storage.exists(f"{experiment}/{TRIALS_FILE}"):
-            raise UsageError(f"no {TRIALS_FILE} in {experiment}: not an experiment directory written by aalr-ray grid")
-        results = load_results(experiment)  # both tables read and checked before anything is written
-    except (ReportError, OSError, ValueError) as exc:
+        return read_experiment(experiment)
+    except (OSError, ValueError, StorageError) as exc:  # ReportError, ProgressError, RowsError are ValueErrors
         raise UsageError(one_line(exc)) from None
+
+
+def _write_report(experiment: str, results, refresh: int) -> str:
+    from .report import write_report
+
     try:
-        print(f"wrote {write_report(experiment, results)}")
+        return write_report(experiment, results, refresh=refresh)
     except OSError as exc:
         raise UsageError(f"cannot write the report into {experiment}: {one_line(exc)}") from None
+
+
+def _run_report(args) -> int:
+    import math
+    import time
+
+    from .report import ENDED, REFRESH_S, print_summary
+
+    watch = args.watch
+    if watch is not None and not (math.isfinite(watch) and watch > 0):
+        raise UsageError(f"--watch must be a positive number of seconds, got {watch:g}")
+    experiment = args.experiment if "://" in args.experiment else str(Path(args.experiment).resolve())
+    refresh = math.ceil(watch) if watch is not None else REFRESH_S
+    told_empty = False
+    try:
+        while True:
+            results = _read_for_report(experiment)
+            ended = sum(t["status"] in ENDED for t in results.trials)
+            if results.running and not results.epochs:  # nothing to show yet
+                if not told_empty:
+                    print(f"{experiment}: no trial has finished an epoch yet (0 of {len(results.trials)} trials "
+                          f"finished); nothing written{'; waiting' if watch else ''}", flush=True)
+                    told_empty = True
+                if watch is None:
+                    return 0
+            else:
+                written = _write_report(experiment, results, refresh)
+                if watch is None or not results.running:
+                    break
+                print(f"wrote {written} ({ended} of {len(results.trials)} trials finished); "
+                      f"again in {watch:g} s", flush=True)
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        print("aalr-ray: report --watch stopped; the report last written stays", file=sys.stderr)
+        return 130
+    print(f"wrote {written}")
     print_summary(experiment, results=results)
     return 0
 

@@ -1,6 +1,6 @@
-"""The report of an experiment, from its Parquet files alone.
+"""The report of an experiment, from its Parquet files (or, while its grid runs, its checkpoints).
 
-    aalr-ray report EXPERIMENT_DIR      # also run at the end of every grid
+    aalr-ray report EXPERIMENT_DIR [--watch SECONDS]   # also run at the end of every grid
 
 Writes ``report.md`` (the paper's table layout: rows models, columns methods,
 cells mean +- std over seeds, the best cell per row in bold) and PNG figures
@@ -9,22 +9,34 @@ scale with AALR's actions marked (like the paper's Figures 1-2; a grid over
 batch size or augmentation gets a colour per value), test accuracy and training
 loss, each as the mean over seeds with a min-max band and a panel per model,
 and every trial's own lines in ``trials_*.png``. A method has the same colour
-and line style in every figure of every report (``METHOD_STYLES``). It reads
-only ``epochs.parquet`` and ``trials.parquet``, so it runs anywhere the files
-are, e.g. on a laptop after copying results from S3.
+and line style in every figure of every report (``METHOD_STYLES``).
+
+``report.html`` beside it has the same tables (the best cell per row
+highlighted) and every figure embedded: one file, no script, nothing fetched,
+so it opens from a laptop after copying the results. Both are rendered from
+one model of the tables (:class:`Section`, :class:`Table`, :class:`Cell`).
+
+It reads only ``epochs.parquet`` and ``trials.parquet`` (or the rows that
+:mod:`aalr_ray.progress` reads from a running grid's checkpoints), so it runs
+anywhere the files are, e.g. on a laptop after copying results from S3.
+Standard library, pyarrow and matplotlib only: neither Ray nor torch.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
 import math
 import re
 import statistics
+import struct
 import sys
 import tempfile
 import textwrap
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +44,9 @@ from . import storage as store
 from .errors import one_line
 from .results import EPOCHS_FILE, TRIALS_FILE
 
-__all__ = ["write_report", "print_summary", "build_tables", "load_results", "ReportError", "TARGET_MARGIN"]
+__all__ = ["write_report", "print_summary", "build_tables", "load_results", "ReportError", "Results", "Section",
+           "Table", "Cell", "markdown_table", "html_table", "render_html", "REPORT_MD", "REPORT_HTML", "REFRESH_S",
+           "TARGET_MARGIN"]
 
 TARGET_MARGIN = 0.005  # time-to-target: reach the tuned step baseline's peak within 0.5 points
 # Fields that, when they vary inside a (dataset, training) group, name the table row.
@@ -80,8 +94,74 @@ def _ordered(values) -> list:
     return list(dict.fromkeys(values))
 
 
-def build_tables(trials: list[dict], epochs: list[dict]) -> list[tuple[str, list[str]]]:
-    """[(section title, markdown lines)] per dataset and training mode."""
+# -------------------------------------------------------------------- tables
+# One model of the tables, rendered both to Markdown (report.md, the CLI's summary) and to HTML
+# (report.html). Text in it is plain, except `code` spans (backticks), which both renderers mark.
+@dataclass
+class Cell:
+    """One table cell: its value, whether it is the best of its row, and what its unfinished seeds do."""
+
+    text: str = ""
+    best: bool = False
+    note: str = ""  # e.g. "running, epoch 37/200": seeds of the cell that have not finished
+
+
+@dataclass
+class Table:
+    """One table: a title, a caption, the header and the rows."""
+
+    title: str  # e.g. "Peak test accuracy (%)": bold in Markdown, the caption's heading in HTML
+    caption: str  # what the cells are, after the title
+    columns: list[str]  # the header, the row names' column first
+    rows: list[tuple[str, list[Cell]]]  # (row name, a cell per column after the first)
+
+
+@dataclass
+class Section:
+    """The tables of one (dataset, training mode) group, and paragraphs (text) where a table has no data."""
+
+    title: str
+    blocks: list  # Table or str, in order
+
+    @property
+    def tables(self) -> list[Table]:
+        return [block for block in self.blocks if isinstance(block, Table)]
+
+
+RUNNING, UNFINISHED, PENDING = "RUNNING", "UNFINISHED", "PENDING"  # trials that have not finished
+ENDED = ("TERMINATED", "ERROR")  # a trial in one of these statuses trains no more
+
+
+def plain(text: str) -> str:
+    """``text`` without its `code` marks: what a reader sees of a title."""
+    return text.replace("`", "")
+
+
+def _progress(trials: list[dict]) -> str:
+    """What the unfinished trials of a cell are doing: "running, epoch 37/200", "2 not started", ...
+
+    RUNNING: read from the checkpoints of a grid that has not ended; UNFINISHED: ``aalr-ray grid``
+    stopped before it finished (an interrupted run, continued with --resume).
+    """
+    parts = []
+    for status, word in ((RUNNING, "running"), (UNFINISHED, "interrupted")):
+        done = [t["epochs_done"] for t in trials if t["status"] == status and t.get("epochs_done")]
+        if not done:
+            continue
+        total = next((t.get("epochs") for t in trials if t.get("epochs")), None)
+        low, high = min(done), max(done)
+        epochs = f"epoch {low}" if low == high else f"epochs {low}-{high}"
+        parts.append(f"{len(done)} {word}" if len(done) > 1 else word)
+        parts[-1] += f", {epochs}" + (f"/{total}" if total else "")
+    waiting = sum(t["status"] == PENDING or (t["status"] in (RUNNING, UNFINISHED) and not t.get("epochs_done"))
+                  for t in trials)
+    if waiting:
+        parts.append("not started" if waiting == 1 else f"{waiting} not started")
+    return "; ".join(parts)
+
+
+def build_tables(trials: list[dict], epochs: list[dict]) -> list[Section]:
+    """The report's tables, a :class:`Section` per dataset and training mode."""
     rows_by_trial: dict[str, list[dict]] = defaultdict(list)
     for row in epochs:
         rows_by_trial[row["trial_id"]].append(row)
@@ -93,68 +173,90 @@ def build_tables(trials: list[dict], epochs: list[dict]) -> list[tuple[str, list
         cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
         for trial in group:
             cells[(_row_key(trial, varying), trial["method"])].append(trial)
-        lines: list[str] = []
         metrics = [("peak_test_acc", "Peak test accuracy (%)"), ("final_test_acc", "Final test accuracy (%)")]
         if mode != "natural" or any("peak_fgsm_acc" in t for t in group):
             metrics = [(f"peak_{key}", f"Peak {name} accuracy (%), white-box l-inf")
                        for key, name in ADVERSARIAL_METRICS if any(t.get(f"peak_{key}") is not None for t in group)
                        ] + metrics
-        for key, title in metrics:
-            lines += _metric_table(title, key, row_keys, methods, cells)
-        lines += _time_to_target(row_keys, methods, cells, rows_by_trial)
-        sections.append((f"{dataset}, {mode} training", lines))
+        blocks: list = [_metric_table(title, key, row_keys, methods, cells) for key, title in metrics]
+        blocks.append(_time_to_target(row_keys, methods, cells, rows_by_trial))
+        sections.append(Section(f"{dataset}, {mode} training", blocks))
     return sections
 
 
-def _metric_table(title, key, row_keys, methods, cells) -> list[str]:
-    lines = [f"**{title}**, mean ± std over seeds (n = seeds that finished; best per row in bold)", "",
-             "| model | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+def _metric_table(title, key, row_keys, methods, cells) -> Table:
+    rows = []
     for row_key in row_keys:
         stats = {m: _mean_std([t.get(key) for t in cells.get((row_key, m), [])
                                if t["status"] == "TERMINATED"]) for m in methods}
         best = max((s[0] for s in stats.values() if not math.isnan(s[0])), default=math.nan)
-        texts = []
+        row = []
         for method in methods:
             mean, std, n = stats[method]
-            if n == 0:
-                texts.append("-")
-                continue
-            text = f"{100 * mean:.2f} ± {100 * std:.2f}" + (f" (n={n})" if n != len(cells[(row_key, method)])
-                                                               else "")
-            texts.append(f"**{text}**" if mean == best else text)
-        lines.append(f"| {row_key} | " + " | ".join(texts) + " |")
-    return lines + [""]
+            trials = cells.get((row_key, method), [])
+            cell = Cell(note=_progress(trials))
+            if n:
+                cell.text = f"{100 * mean:.2f} ± {100 * std:.2f}" + (f" (n={n})" if n != len(trials) else "")
+                cell.best = mean == best
+            row.append(cell)
+        rows.append((row_key, row))
+    return Table(title, "mean ± std over seeds (n = seeds that finished; best per row in bold)",
+                 ["model", *methods], rows)
 
 
-def _time_to_target(row_keys, methods, cells, rows_by_trial) -> list[str]:
+def _time_to_target(row_keys, methods, cells, rows_by_trial) -> Table | str:
     if "step" not in methods:
-        return ["Epochs to the tuned `step` baseline's peak: no `step` trials in this grid.", ""]
-    lines = [f"**Epochs to reach the `step` baseline's mean peak minus {100 * TARGET_MARGIN:.1f} points** "
-             "(median over seeds; never = no seed got there)", "",
-             "| model | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        return "Epochs to the tuned `step` baseline's peak: no `step` trials in this grid."
+    rows = []
     for row_key in row_keys:
-        step_peaks = _finite(t.get("peak_test_acc") for t in cells.get((row_key, "step"), []))
+        # Trials still training count once they have ended: the target is the finished step seeds' peak.
+        step_peaks = _finite(t.get("peak_test_acc") for t in cells.get((row_key, "step"), [])
+                             if t["status"] in ENDED)
         if not step_peaks:
             continue
         target = statistics.mean(step_peaks) - TARGET_MARGIN
-        texts = []
+        row = []
         for method in methods:
-            reached = []
             trials = cells.get((row_key, method), [])
-            for trial in trials:
-                rows = sorted(rows_by_trial.get(trial["trial_id"], []), key=lambda r: r["epoch"])
-                hit = next((r["epoch"] for r in rows if r["test_acc"] >= target), None)
-                reached.append(hit)
+            cell = Cell(note=_progress(trials))
+            reached = []
+            for trial in (t for t in trials if t["status"] in ENDED):
+                trial_rows = sorted(rows_by_trial.get(trial["trial_id"], []), key=lambda r: r["epoch"])
+                reached.append(next((r["epoch"] for r in trial_rows if r["test_acc"] >= target), None))
             got = [e for e in reached if e is not None]
-            if not trials:
-                texts.append("-")
-            elif not got:
-                texts.append("never")
-            else:
-                texts.append(f"{statistics.median(got):.0f}" + ("" if len(got) == len(reached)
-                                                              else f" ({len(reached) - len(got)} never)"))
-        lines.append(f"| {row_key} | " + " | ".join(texts) + " |")
-    return lines + [""]
+            if reached and not got:
+                cell.text = "never"
+            elif got:
+                cell.text = f"{statistics.median(got):.0f}" + ("" if len(got) == len(reached)
+                                                               else f" ({len(reached) - len(got)} never)")
+            row.append(cell)
+        rows.append((row_key, row))
+    return Table(f"Epochs to reach the `step` baseline's mean peak minus {100 * TARGET_MARGIN:.1f} points",
+                 "median over seeds (never = no seed got there)", ["model", *methods], rows)
+
+
+def _md_text(text: str) -> str:
+    return text.replace("|", "\\|")  # a name with a pipe must not split the Markdown table's cell
+
+
+def _md_cell(cell: Cell) -> str:
+    value = f"**{cell.text}**" if cell.best and cell.text else cell.text
+    note = f"_{cell.note}_" if cell.note else ""
+    return _md_text("; ".join(part for part in (value, note) if part) or "-")
+
+
+def markdown_table(table: Table) -> list[str]:
+    """The table as Markdown lines: its bold title and caption, a blank line, the rows."""
+    return [f"**{table.title}**, {table.caption}", "",
+            "| " + " | ".join(_md_text(c) for c in table.columns) + " |", "|---|" + "---|" * (len(table.columns) - 1),
+            *("| " + " | ".join([_md_text(key), *(_md_cell(c) for c in cells)]) + " |" for key, cells in table.rows)]
+
+
+def markdown_section(section: Section) -> list[str]:
+    lines = [f"## {section.title}", ""]
+    for block in section.blocks:
+        lines += (markdown_table(block) if isinstance(block, Table) else [block]) + [""]
+    return lines
 
 
 # ------------------------------------------------------------------- figures
@@ -459,7 +561,103 @@ def _plots(trials: list[dict], epochs: list[dict], directory: Path) -> list[tupl
     return written
 
 
+# --------------------------------------------------------------------- HTML
+REPORT_MD, REPORT_HTML = "report.md", "report.html"
+REFRESH_S = 30  # how often report.html reloads itself while the grid runs, unless told otherwise
+# Plain, readable, and all inline: report.html is one file that opens anywhere, offline.
+HTML_STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       color: #1b1b1b; background: #fff; max-width: 1500px; margin: 1.5rem auto; padding: 0 1.2rem; }
+h1 { font-size: 1.7rem; margin-bottom: .3rem; }
+h2 { font-size: 1.3rem; margin-top: 2.4rem; padding-bottom: .2rem; border-bottom: 1px solid #d8d8d8; }
+h3 { font-size: 1.05rem; margin: 1.6rem 0 .4rem; }
+nav ul { margin: .3rem 0; padding-left: 1.2rem; }
+a { color: #1f5fa8; }
+code { font: .92em ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; background: #f2f2f2;
+       padding: 0 .25em; border-radius: 3px; }
+.running { background: #eef4fc; border-left: 4px solid #1f77b4; padding: .5rem .8rem; }
+table { border-collapse: collapse; margin: .5rem 0 1.8rem; font-variant-numeric: tabular-nums; }
+caption { caption-side: top; text-align: left; padding: 0 0 .4rem; max-width: 60rem; }
+caption .title { font-weight: 700; }
+th, td { border: 1px solid #cfcfcf; padding: .3rem .65rem; text-align: right; white-space: nowrap; }
+thead th { background: #f2f2f2; text-align: center; }
+tbody th { text-align: left; font-weight: 600; background: #fafafa; }
+td.best { background: #fff0b3; font-weight: 700; }
+.note { display: block; color: #7a5300; font-style: italic; font-weight: 400; font-size: .88em; }
+figure { margin: .4rem 0 2rem; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e4e4e4; }
+figcaption { font-weight: 600; margin: 1.4rem 0 .4rem; }
+"""
+
+
+def _html_text(text: str) -> str:
+    """``text`` escaped for HTML, its `code` spans as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
+def _html_cell(cell: Cell) -> str:
+    value = html.escape(cell.text) if cell.text else ("" if cell.note else "-")
+    note = f'<span class="note">{html.escape(cell.note)}</span>' if cell.note else ""
+    return f'<td class="best">{value}{note}</td>' if cell.best and cell.text else f"<td>{value}{note}</td>"
+
+
+def html_table(table: Table) -> str:
+    head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in table.columns)
+    body = "\n".join(f'<tr><th scope="row">{html.escape(key)}</th>{"".join(_html_cell(c) for c in cells)}</tr>'
+                     for key, cells in table.rows)
+    return (f'<table>\n<caption><span class="title">{_html_text(table.title)}</span>, {_html_text(table.caption)}'
+            f"</caption>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>")
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header (IHDR, right after the 8-byte signature)."""
+    return struct.unpack(">II", png[16:24])
+
+
+def render_html(name: str, summary: str, notice: str | None, sections: list[Section],
+                figures: list[tuple[str, bytes]], refresh: int | None) -> str:
+    """The whole report as one self-contained page: inline CSS, figures (title, PNG bytes) as base64
+    images, no script, nothing fetched. ``notice``: a line on the grid still running, shown
+    highlighted; ``refresh`` (seconds) makes the page reload itself (None: never). Text is escaped."""
+    head = ['<!DOCTYPE html>', '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">']
+    if refresh is not None:
+        head.append(f'<meta http-equiv="refresh" content="{int(refresh)}">')
+    head += [f"<title>{html.escape(name)}: aalr-ray report</title>", f"<style>{HTML_STYLE}</style>", "</head>"]
+    links = [f'<li><a href="#section-{i}">{html.escape(s.title)}</a></li>' for i, s in enumerate(sections)]
+    body = ["<body>", f"<h1>{html.escape(name)}</h1>", f"<p>{_html_text(summary)}</p>",
+            *([f'<p class="running">{_html_text(notice)}</p>'] if notice else []),
+            "<nav><ul>", *links, *(['<li><a href="#figures">Figures</a></li>'] if figures else []), "</ul></nav>"]
+    for i, section in enumerate(sections):
+        body.append(f'<section id="section-{i}">\n<h2>{html.escape(section.title)}</h2>')
+        body += [html_table(b) if isinstance(b, Table) else f"<p>{_html_text(b)}</p>" for b in section.blocks]
+        body.append("</section>")
+    if figures:
+        body.append('<section id="figures">\n<h2>Figures</h2>')
+        for title, png in figures:
+            width, height = _png_size(png)
+            body.append(f"<figure><figcaption>{html.escape(title)}</figcaption>\n"
+                        f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
+                        f'width="{width}" height="{height}" alt="{html.escape(title)}"></figure>')
+        body.append("</section>")
+    return "\n".join(head + body + ["</body>", "</html>", ""])
+
+
 # -------------------------------------------------------------------- entry
+@dataclass
+class Results:
+    """What a report is made of: the trials and epochs rows, and where they came from.
+
+    ``running``: the grid has not ended (a trial may still train), so the rows are what the
+    trials have checkpointed so far (:mod:`aalr_ray.progress`) and report.html reloads itself.
+    """
+
+    trials: list[dict]
+    epochs: list[dict]
+    running: bool = False
+    source: str = ("`epochs.parquet` (one row per trial per epoch) and `trials.parquet` (one row per trial)")
+
+
 class ReportError(ValueError):
     """A results file that cannot be read or is not what aalr-ray grid writes; one line naming it."""
 
@@ -521,36 +719,67 @@ def _load(experiment: str) -> tuple[list[dict], list[dict]]:
     return load_results(experiment)
 
 
-def write_report(experiment: str, results: tuple[list[dict], list[dict]] | None = None) -> str:
-    """Write report.md and the PNGs into ``experiment`` (``results``: :func:`load_results`'s, when
-    already read); return report.md's location."""
-    trials, epochs = results if results is not None else _load(experiment)
+def _results(experiment: str, results: Results | tuple | None) -> Results:
+    """``results`` as Results: read from the experiment's Parquet files when None, wrapped when a tuple."""
+    if results is None:
+        results = _load(experiment)
+    return results if isinstance(results, Results) else Results(*results)
+
+
+def _summary(results: Results) -> str:
+    statuses = Counter(t["status"] for t in results.trials)
+    return (f"{len(results.trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in sorted(statuses.items()))}). "
+            f"Source: {results.source}. Accuracies in %.")
+
+
+def _notice(results: Results) -> str | None:
+    """The line that says a report is of a grid still running, and when it was written; None once it ended."""
+    if not results.running:
+        return None
+    ended = sum(t["status"] in ENDED for t in results.trials)
+    written = datetime.now().astimezone().isoformat(timespec="seconds")
+    return (f"The grid has not ended: {ended} of {len(results.trials)} trials finished; the others are shown "
+            f"as far as they had checkpointed when this report was written ({written}).")
+
+
+def write_report(experiment: str, results: Results | tuple[list[dict], list[dict]] | None = None, *,
+                 refresh: int = REFRESH_S) -> str:
+    """Write report.md, report.html and the PNGs into ``experiment``; return report.md's location.
+
+    ``results``: :func:`load_results`'s (trials, epochs) or a :class:`Results` when already read
+    (None: read the Parquet files). While ``results.running``, report.html reloads itself every
+    ``refresh`` seconds; a report of a grid that ended never does. Everything is written into a
+    temporary directory first, then each file is uploaded atomically (:func:`storage.upload_dir`).
+    """
+    results = _results(experiment, results)
     name = experiment.rstrip("/").rsplit("/", 1)[-1]
-    statuses = defaultdict(int)
-    for trial in trials:
-        statuses[trial["status"]] += 1
+    sections = build_tables(results.trials, results.epochs)
+    summary, notice = _summary(results), _notice(results)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        lines = [f"# {name}", "",
-                 f"{len(trials)} trials ({', '.join(f'{n} {s.lower()}' for s, n in sorted(statuses.items()))}). "
-                 "Source: `epochs.parquet` (one row per trial per epoch) and `trials.parquet` "
-                 "(one row per trial). Accuracies in %.", ""]
-        for title, section in build_tables(trials, epochs):
-            lines += [f"## {title}", ""] + section
+        figures = _plots(results.trials, results.epochs, directory)
+        lines = [f"# {name}", "", summary, "", *([f"**{notice}**", ""] if notice else [])]
+        for section in sections:
+            lines += markdown_section(section)
         lines += ["## Figures", ""]
-        for title, png in _plots(trials, epochs, directory):
+        for title, png in figures:
             lines += [f"### {title}", "", f"![{title}]({png})", ""]
-        (directory / "report.md").write_text("\n".join(lines))
+        (directory / REPORT_MD).write_text("\n".join(lines), encoding="utf-8")
+        pngs = [(title, (directory / png).read_bytes()) for title, png in figures]
+        if notice:
+            notice += f" This page reloads every {int(refresh)} s until the grid ends."
+        page = render_html(name, summary, notice, sections, pngs, refresh if results.running else None)
+        (directory / REPORT_HTML).write_text(page, encoding="utf-8")
         store.upload_dir(directory, experiment)
-    return f"{experiment}/report.md"
+    return f"{experiment}/{REPORT_MD}"
 
 
-def print_summary(experiment: str, out=None, results: tuple[list[dict], list[dict]] | None = None) -> None:
-    """The peak-accuracy tables of the report, and where the report is."""
+def print_summary(experiment: str, out=None, results: Results | tuple[list[dict], list[dict]] | None = None) -> None:
+    """The first table (peak accuracy) of each section of the report, and where the report is."""
     out = out or sys.stdout
-    trials, epochs = results if results is not None else _load(experiment)
-    for title, section in build_tables(trials, epochs):
-        print(f"\n{title}", file=out)
-        end = section.index("", 2) if "" in section[2:] else len(section)
-        print("\n".join(section[:end]), file=out)
-    print(f"\nreport: {experiment}/report.md", file=out)
+    results = _results(experiment, results)
+    for section in build_tables(results.trials, results.epochs):
+        print(f"\n{section.title}", file=out)
+        if section.tables:
+            print("\n".join(markdown_table(section.tables[0])), file=out)
+    print(f"\nreport: {experiment}/{REPORT_MD}\nreport: {experiment}/{REPORT_HTML}", file=out)

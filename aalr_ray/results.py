@@ -24,7 +24,8 @@ from . import storage as store
 from .files import atomic_open
 
 __all__ = ["EPOCHS_FILE", "TRIALS_FILE", "ROWS_FILE", "JSON_FIELDS", "RUN_CONTEXT_FIELDS", "RowsError", "read_rows",
-           "write_rows", "trial_summary", "TrialResult", "Collected", "collect_trials", "table_of", "write_parquet"]
+           "parse_rows", "write_rows", "trial_summary", "TrialResult", "Collected", "collect_trials", "table_of",
+           "write_parquet"]
 
 EPOCHS_FILE = "epochs.parquet"
 TRIALS_FILE = "trials.parquet"
@@ -54,7 +55,16 @@ def read_rows(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    return parse_rows(path.read_bytes(), str(path))
+
+
+def parse_rows(data: bytes, source: str) -> list[dict]:
+    """The rows of an epoch log's bytes, read from ``source`` (a path or URI, named in errors);
+    the rules of :func:`read_rows`."""
+    try:
+        lines = data.decode().splitlines()
+    except UnicodeDecodeError as exc:
+        raise RowsError(f"{source}: not UTF-8 text (byte {exc.start}); not an epoch log") from None
     rows = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -62,10 +72,10 @@ def read_rows(path: Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break
-            raise RowsError(f"{path}: line {number} of {len(lines)} is not a JSON row ({exc.msg}, "
+            raise RowsError(f"{source}: line {number} of {len(lines)} is not a JSON row ({exc.msg}, "
                             f"column {exc.colno}); only a torn last line is dropped") from None
         if not isinstance(row, dict):
-            raise RowsError(f"{path}: line {number} of {len(lines)} is not a JSON object "
+            raise RowsError(f"{source}: line {number} of {len(lines)} is not a JSON object "
                             f"(it is a {type(row).__name__})")
         rows.append(row)
     return rows

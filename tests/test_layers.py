@@ -29,7 +29,7 @@ def loaded_heavy_modules(code: str) -> list[str]:
     return json.loads(line[len("LOADED "):])
 
 
-@pytest.mark.parametrize("module", ["aalr_ray.report", "aalr_ray.results"])
+@pytest.mark.parametrize("module", ["aalr_ray.report", "aalr_ray.results", "aalr_ray.progress"])
 def test_importing_loads_neither_ray_nor_torch(module):
     assert loaded_heavy_modules(f"import {module}") == []
 
@@ -53,6 +53,19 @@ def test_the_report_command_loads_neither_ray_nor_torch(tmp_path):
     code = f"from aalr_ray.cli import main\nassert main(['report', {str(experiment)!r}]) == 0"
     assert loaded_heavy_modules(code) == []
     assert (experiment / "report.md").read_text().startswith("# small")
+
+
+def test_the_report_of_a_running_grid_loads_neither_ray_nor_torch(tmp_path):
+    """Its rows come from the trials' checkpoints (aalr_ray.progress), read without Ray's or torch's help."""
+    from report_factories import grid_configs, start, train, trial_dir
+
+    experiment = tmp_path / "running"
+    configs = grid_configs("running", epochs=4, seeds=1)
+    start(experiment, configs)
+    train(trial_dir(experiment, configs[0], 0), configs[0], 2)
+    code = f"from aalr_ray.cli import main\nassert main(['report', {str(experiment)!r}]) == 0"
+    assert loaded_heavy_modules(code) == []
+    assert "running, epoch 2/4" in (experiment / "report.md").read_text()
 
 
 def test_the_grid_schema_loads_neither_ray_nor_torch():
