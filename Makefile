@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/aalr-ray grid jobs/quickstart.yaml
 
-# Every benchmark; rewrites BENCHMARKS.md (about 21 minutes on a quiet 2-core machine).
+# Every benchmark; rewrites BENCHMARKS.md (about an hour on a quiet 2-core machine: the stages' measured times added up).
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 

@@ -60,26 +60,26 @@ places; these are the choices made here):
 
 Options, all off by default (off is the paper); none has a value to tune:
 
-=========================  ====================================================
-option                     what changes in phase 2
-=========================  ====================================================
-``collapse_is_divergence``  a finite loss >= J(theta_0) counts as bad. A network
-                           whose ReLUs died reports a finite loss near
-                           ln(classes) forever; the paper's rule would halve the
-                           LR without ever rolling back.
-``restore_on_decrease``    a failed second try also returns RESTORE_BEST.
-``restore_if_worse``       a failed second try returns RESTORE_BEST only when
-                           the judged loss is worse than L* by more than
-                           :data:`SIGNIFICANT` (1 %) of L*: progress made at a
-                           higher LR whose last epoch was merely noisy is kept.
-                           Excludes ``restore_on_decrease``.
-``significant_gain``       a window's end is a gain only when it beats L* by
-                           more than :data:`SIGNIFICANT` of L*, so that noise
-                           alone does not double the LR.
-``judge="mean"``           a window is judged by the mean loss of its epochs,
-                           not its last epoch (``"last"``, the paper); L* is
-                           then the judged mean of the best window.
-=========================  ====================================================
+===========================  ====================================================
+option                       what changes in phase 2
+===========================  ====================================================
+``collapse_is_divergence``   a finite loss >= J(theta_0) counts as bad. A network
+                             whose ReLUs died reports a finite loss near
+                             ln(classes) forever; the paper's rule would halve the
+                             LR without ever rolling back.
+``restore_on_decrease``      a failed second try also returns RESTORE_BEST.
+``restore_if_worse``         a failed second try returns RESTORE_BEST only when
+                             the judged loss is worse than L* by more than
+                             :data:`SIGNIFICANT` (1 %) of L*: progress made at a
+                             higher LR whose last epoch was merely noisy is kept.
+                             Excludes ``restore_on_decrease``.
+``significant_gain``         a window's end is a gain only when it beats L* by
+                             more than :data:`SIGNIFICANT` of L*, so that noise
+                             alone does not double the LR.
+``judge="mean"``             a window is judged by the mean loss of its epochs,
+                             not its last epoch (``"last"``, the paper); L* is
+                             then the judged mean of the best window.
+===========================  ====================================================
 
 Phase 1 is the paper's under every option; its patience is
 ``phase1_patience`` (10 in the paper).

@@ -1,6 +1,6 @@
 """Run every benchmark of the project in sequence, then assemble BENCHMARKS.md.
 
-    python bench/run_all.py            # what `make bench` runs: full sizes (about 21 min on 2 cores)
+    python bench/run_all.py            # what `make bench` runs: full sizes (about an hour on 2 cores)
     python bench/run_all.py --quick    # every script at its small sizes, a few minutes: a check
     python bench/run_all.py --stages ray_cost,throughput    # some stages, then reassemble
     python bench/run_all.py --assemble-only                 # rebuild BENCHMARKS.md from the fragments
