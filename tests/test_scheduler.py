@@ -152,6 +152,25 @@ def test_decisions_and_lrs_match_the_bare_core():
     assert "restarts: " in scheduler.debug_string() and "finished: 1" in scheduler.debug_string()
 
 
+# Scripts (from tests/test_core.py) under which each option of the ablation changes a decision.
+OPTION_SCRIPTS = {
+    "restore_if_worse": ({"restore_if_worse": True}, [1.5, 1.6, 1.6, 1.6, 1.516, 1.6, 1.4, 1.3]),
+    "significant_gain": ({"significant_gain": True}, [1.5, 1.6, 1.495, 1.6, 1.48, 1.6, 1.4, 1.3]),
+    "judge": ({"judge": "mean"}, [1.5, 1.0, 1.6, 1.2, 1.45, 1.3, 1.2, 1.1]),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTION_SCRIPTS))
+def test_the_ablation_options_decide_as_in_the_bare_core(option):
+    options, script = OPTION_SCRIPTS[option]
+    args = dict(max_epochs=len(script), phase1_patience=1)
+    _, _, fake = run_script(script, scheduler=new_scheduler(**args, **options))
+    rows = bare_core(script, **args, **options)
+    assert [lr for lr, _, _ in fake.log] == [lr for lr, _, _ in rows]
+    assert [d for _, d, _ in fake.log] == [expected_decision(r, i == len(rows) - 1) for i, r in enumerate(rows)]
+    assert rows != bare_core(script, **args)  # the option changes this run: it reached the scheduler's core
+
+
 def test_trials_are_independent():
     scheduler = new_scheduler()
     trials = [stub_trial({"seed": 0}), stub_trial({"seed": 1})]
