@@ -293,22 +293,31 @@ def aalr_trainable(config: dict) -> None:
     metrics = TrialMetrics.for_trial(config, experiment_name())
     directory = live_log_dir(fs, trial_path)
     live = _LiveLog(directory / ROWS_FILE, rows) if directory is not None else None
+    def report_with_checkpoint(row: dict) -> None:
+        nonlocal unknown_to_ray
+        with tempfile.TemporaryDirectory() as directory:
+            state = write_checkpoint_dir(run, rows, Path(directory), snapshots)
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
+        drop_checkpoints(fs, unknown_to_ray)
+        unknown_to_ray = []
+        snapshots.committed(state)
+
     try:
+        if run.epoch >= run.config.epochs and unknown_to_ray and rows:
+            # Every epoch is in a checkpoint that Ray never registered (the driver died, or the disk
+            # filled, after the copy into storage): report it again, or Tune's result for this trial
+            # would hold an older checkpoint and its rows would stop short of the end.
+            report_with_checkpoint(rows[-1])
         while run.epoch < run.config.epochs:
             row = {**train_next_epoch(run), **node}
             rows.append(row)
             metrics.export(row, rows)
             if live is not None:
                 live.append(row)
-            if not checkpoint_due(run, every):
+            if checkpoint_due(run, every):
+                report_with_checkpoint(row)
+            else:
                 tune.report(row)
-                continue
-            with tempfile.TemporaryDirectory() as directory:
-                state = write_checkpoint_dir(run, rows, Path(directory), snapshots)
-                tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
-            drop_checkpoints(fs, unknown_to_ray)
-            unknown_to_ray = []
-            snapshots.committed(state)
     finally:
         if live is not None:
             live.close()

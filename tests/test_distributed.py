@@ -11,6 +11,7 @@ Besides the shard arithmetic, two checks, each of one thing:
   from Ray Train's latest checkpoint.
 """
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -83,6 +84,10 @@ def _rank(rank, world_size, data_dir, init, out):
             rows.append(run.train_one_epoch())
             distributed.check_ranks_agree(run, world_size)  # raises if the ranks' weights/snapshots differ
         Path(f"{out}.{rank}").write_text(json.dumps(rows))
+        # Neither rank tears gloo down while the other still talks to it: under load on CI a rank
+        # that finished first once took its peer down with SIGABRT ("terminate called without an
+        # active exception").
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=300))
     finally:
         dist.destroy_process_group()
 

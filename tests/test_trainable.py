@@ -201,3 +201,49 @@ def test_resume_newest_passes_a_torn_newer_checkpoint_and_writes_after_it(data_d
     assert unknown_to_ray == [str(trial / "checkpoint_000002"), str(trial / "checkpoint_000001")]
     storage._update_checkpoint_index({})  # what Tune does before it writes the next checkpoint
     assert storage.checkpoint_dir_name == "checkpoint_000003"
+
+
+def test_a_finished_checkpoint_ray_never_registered_is_reported_again(data_dir, tmp_path, monkeypatch):
+    """The trial wrote its last checkpoint into storage, then the driver lost it (a full disk during
+    Tune's bookkeeping; a killed driver) and restores checkpoint 2 of 0-3. The trial trains nothing
+    and reports the finished checkpoint's last row with a checkpoint again: before, it returned at
+    once and Tune's result kept checkpoint 2, one epoch short of the end."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    import aalr_ray.trainable as trainable
+    from aalr_ray.checkpoints import SnapshotFiles
+    from aalr_ray.trainable import train_next_epoch, write_checkpoint_dir
+
+    trial = tmp_path / "exp" / "trial_0"
+    config = space(data_dir, epochs=4)
+    run, rows = TrainingRun(RunConfig(**{k: config[k] for k in config})), []
+    snapshots = SnapshotFiles(pafs.LocalFileSystem(), str(trial / "snapshots"))
+    for index in range(4):  # checkpoints 0-3 after epochs 1-4, written as the trainable writes them
+        rows.append(train_next_epoch(run))
+        (trial / f"checkpoint_{index:06d}").mkdir(parents=True)
+        write_checkpoint_dir(run, rows, trial / f"checkpoint_{index:06d}", snapshots)
+
+    reports, indices = [], []
+
+    def report(row, checkpoint=None):
+        with checkpoint.as_directory() as directory:
+            reports.append((row, load_checkpoint_dir(Path(directory))[1]))
+
+    def no_context():
+        raise RuntimeError("not in a Tune session")
+
+    fake_tune = SimpleNamespace(get_checkpoint=lambda: tune.Checkpoint(str(trial / "checkpoint_000002")),
+                                report=report, Checkpoint=tune.Checkpoint, get_context=no_context)
+    monkeypatch.setattr(trainable, "tune", fake_tune)
+    monkeypatch.setattr(trainable, "trial_storage", lambda: (pafs.LocalFileSystem(), str(trial)))
+    monkeypatch.setattr(trainable, "node_labels", lambda: {"node": "n", "node_ip": "127.0.0.1"})
+    monkeypatch.setattr(trainable, "advance_checkpoint_index", indices.append)
+    aalr_trainable(config)
+
+    assert indices == [3]  # Tune's next checkpoint goes after checkpoint_000003
+    assert len(reports) == 1
+    row, checkpointed = reports[0]
+    assert row == rows[-1] and checkpointed == rows  # every epoch, none trained again
+    assert not (trial / "checkpoint_000003").exists()  # the unregistered copy, replaced by the new report
