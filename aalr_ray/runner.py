@@ -28,7 +28,7 @@ from .guard import StateGuard, full_disk_message, repair, torn_state_files
 # The tables and their file names live in results (free of Ray); imported from here too.
 from .results import (EPOCHS_FILE, JSON_FIELDS, TRIALS_FILE, Collected, TrialResult, collect_trials,  # noqa: F401
                       trial_summary, write_parquet)
-from .trainable import EVERY_KEY, aalr_trainable, load_checkpoint_dir
+from .trainable import EVERY_KEY, CheckpointError, aalr_trainable, load_checkpoint_dir, newer_checkpoints
 
 __all__ = ["run_grid", "GridRunError", "collect", "write_parquet", "Collected", "EPOCHS_FILE", "TRIALS_FILE"]
 
@@ -64,6 +64,20 @@ def _rows_of(result) -> list[dict]:
         checkpoint = tune.Checkpoint(result.metrics["checkpoint_path"], filesystem=result.filesystem)
     if checkpoint is None:
         return []
+    # Tune's result can name an older checkpoint than the trial wrote: after a full disk or a lost
+    # driver, Tune registered fewer than the trial copied into storage (the trial itself resumes
+    # from the newest, aalr_ray.trainable.resume_newest). The rows are the newest complete one's.
+    run_path = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    for path, complete in newer_checkpoints(checkpoint, checkpoint.filesystem, run_path):
+        if complete:
+            try:
+                return _checkpoint_rows(type(checkpoint)(path, filesystem=checkpoint.filesystem))
+            except CheckpointError:  # cut short by the crash: try the next older one
+                continue
+    return _checkpoint_rows(checkpoint)
+
+
+def _checkpoint_rows(checkpoint) -> list[dict]:
     with checkpoint.as_directory() as directory:
         return load_checkpoint_dir(Path(directory))[1]
 

@@ -67,7 +67,7 @@ from .train import RunConfig, TrainingRun
 
 __all__ = ["aalr_trainable", "run_config_from", "resume", "train_next_epoch", "write_checkpoint_dir",
            "load_checkpoint_dir", "read_rows", "node_labels", "checkpoint_due", "resume_newest", "drop_checkpoints",
-           "experiment_name", "CheckpointError", "CHECKPOINT_FILE", "ROWS_FILE"]
+           "experiment_name", "newer_checkpoints", "CheckpointError", "CHECKPOINT_FILE", "ROWS_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ _TUNE_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
 _ANY_CHECKPOINT_DIR = re.compile(r"checkpoint_[0-9][0-9_.-]*")  # Tune's and Ray Train's names
 
 
-def _newer_checkpoints(given, fs, run_path: str) -> list[tuple[str, bool]]:
+def newer_checkpoints(given, fs, run_path: str) -> list[tuple[str, bool]]:
     """(path, complete) of the run's checkpoint directories in storage newer than ``given``, newest first.
 
     After the driver dies, ``Tuner.restore`` restarts each trial from the
@@ -252,7 +252,7 @@ def resume_newest(run: TrainingRun, given, snapshots: SnapshotFiles, fs, run_pat
     them, whichever this resumes from: never into one of them (a directory
     cut short by a crash included), which that deletion would then take.
     """
-    newer = _newer_checkpoints(given, fs, run_path)
+    newer = newer_checkpoints(given, fs, run_path)
     index = _TUNE_CHECKPOINT_DIR.fullmatch(newer[0][0].rsplit("/", 1)[-1]) if newer else None
     if index is not None:
         advance_checkpoint_index(int(index.group(1)))
@@ -293,31 +293,22 @@ def aalr_trainable(config: dict) -> None:
     metrics = TrialMetrics.for_trial(config, experiment_name())
     directory = live_log_dir(fs, trial_path)
     live = _LiveLog(directory / ROWS_FILE, rows) if directory is not None else None
-    def report_with_checkpoint(row: dict) -> None:
-        nonlocal unknown_to_ray
-        with tempfile.TemporaryDirectory() as directory:
-            state = write_checkpoint_dir(run, rows, Path(directory), snapshots)
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
-        drop_checkpoints(fs, unknown_to_ray)
-        unknown_to_ray = []
-        snapshots.committed(state)
-
     try:
-        if run.epoch >= run.config.epochs and unknown_to_ray and rows:
-            # Every epoch is in a checkpoint that Ray never registered (the driver died, or the disk
-            # filled, after the copy into storage): report it again, or Tune's result for this trial
-            # would hold an older checkpoint and its rows would stop short of the end.
-            report_with_checkpoint(rows[-1])
         while run.epoch < run.config.epochs:
             row = {**train_next_epoch(run), **node}
             rows.append(row)
             metrics.export(row, rows)
             if live is not None:
                 live.append(row)
-            if checkpoint_due(run, every):
-                report_with_checkpoint(row)
-            else:
+            if not checkpoint_due(run, every):
                 tune.report(row)
+                continue
+            with tempfile.TemporaryDirectory() as directory:
+                state = write_checkpoint_dir(run, rows, Path(directory), snapshots)
+                tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
+            drop_checkpoints(fs, unknown_to_ray)
+            unknown_to_ray = []
+            snapshots.committed(state)
     finally:
         if live is not None:
             live.close()

@@ -102,3 +102,31 @@ def test_report_command_rewrites_the_report_from_parquet_alone(local_ray, data_d
     assert (moved / "report.md").exists() and (moved / "lr_mnist1d_natural.png").exists()
     assert main(["report", str(tmp_path / "nothing-here")]) == 2
     assert "no trials.parquet" in capsys.readouterr().err
+
+
+def test_collection_takes_the_newest_complete_checkpoint_not_only_the_one_tune_registered(tmp_path, data_dir):
+    """After a full disk or a lost driver Tune's result can name an older checkpoint (even one pruned
+    since) than the trial wrote into storage: the rows come from the newest complete one."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    from aalr_ray.checkpoints import SnapshotFiles
+    from aalr_ray.runner import _rows_of
+    from aalr_ray.trainable import CHECKPOINT_FILE, train_next_epoch, write_checkpoint_dir
+
+    trial = tmp_path / "trial_0"
+    run = TrainingRun(RunConfig(model="mnist1d-cnn", dataset="mnist1d", method="aalr", epochs=3, data_dir=data_dir))
+    snapshots, rows = SnapshotFiles(pafs.LocalFileSystem(), str(trial / "snapshots")), []
+    for index in range(3):
+        rows.append(train_next_epoch(run))
+        (trial / f"checkpoint_{index:06d}").mkdir(parents=True)
+        write_checkpoint_dir(run, rows, trial / f"checkpoint_{index:06d}", snapshots)
+    (trial / "checkpoint_000002" / CHECKPOINT_FILE).unlink()  # the newest, cut short: not complete
+    registered = SimpleNamespace(checkpoint=tune.Checkpoint(str(trial / "checkpoint_000000")), metrics={})
+    assert _rows_of(registered) == rows[:2]
+    for path in (trial / "checkpoint_000000").iterdir():  # pruned since Tune registered it
+        path.unlink()
+    (trial / "checkpoint_000000").rmdir()
+    assert _rows_of(registered) == rows[:2]
