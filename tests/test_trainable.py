@@ -201,4 +201,3 @@ def test_resume_newest_passes_a_torn_newer_checkpoint_and_writes_after_it(data_d
     assert unknown_to_ray == [str(trial / "checkpoint_000002"), str(trial / "checkpoint_000001")]
     storage._update_checkpoint_index({})  # what Tune does before it writes the next checkpoint
     assert storage.checkpoint_dir_name == "checkpoint_000003"
-
