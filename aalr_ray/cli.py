@@ -130,7 +130,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     from .data import AUGMENTATIONS, dataset_names, default_data_dir
     from .methods import method_names
     from .models import model_names
-    from .train import EPOCH_LOSSES
+    from .train import AUGMENT_PLACES, CHANNELS_LAST, EPOCH_LOSSES, PRECISIONS, RUN_SNAPSHOT_DEVICES
 
     p.epilog = (f"models:        {', '.join(model_names())}\n"
                 f"datasets:      {', '.join(dataset_names())}\n"
@@ -152,6 +152,21 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch-loss", default="train-mean", choices=EPOCH_LOSSES,
                    help="the loss AALR judges: the epoch's mean training loss (free) or a clean pass")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="forward passes and losses under autocast: auto (bf16 on a CUDA GPU with bf16, fp32 "
+                        "elsewhere), fp32, bf16, fp16 (CUDA only, with a GradScaler); weights stay fp32")
+    p.add_argument("--channels-last", default="auto", choices=CHANNELS_LAST,
+                   help="channels_last memory format for image models: auto (on for convolutional models on "
+                        "CUDA), on, off")
+    p.add_argument("--snapshot-device", default="auto", choices=RUN_SNAPSHOT_DEVICES,
+                   help="where AALR keeps theta_0 and its best snapshot: auto (= same here), same (the model's "
+                        "device), cpu (host memory, pinned on a GPU machine)")
+    p.add_argument("--augment-on", default="auto", choices=AUGMENT_PLACES,
+                   help="where --augmentation runs: auto (batched on a GPU when the training split fits "
+                        "there, per example in DataLoader workers on a CPU), device, workers")
+    p.add_argument("--validation", type=float, default=None, metavar="FRACTION",
+                   help="hold out this fraction (0, 0.5] of the training split by seed; rows gain val_loss "
+                        "and val_acc (default: none)")
     p.add_argument("--data-dir", default=None, help=f"where datasets live (default {default_data_dir()})")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for this run (default 1; 0 = torch's choice)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -191,11 +206,17 @@ def _train_config(args):
         augmentation=_choices("augmentation", args.augmentation, list(AUGMENTATIONS)),
         epoch_loss=args.epoch_loss,
         device=_device(args.device),
+        precision=args.precision,
+        channels_last=args.channels_last,
+        snapshot_device=args.snapshot_device,
+        augment_on=args.augment_on,
         data_dir=args.data_dir,
         method_options=_parse_options(args.option),
         threads=_in_range("--threads", args.threads, 0, 1024, "an integer in 0..1024 (0 = torch's choice)"),
         training=args.training,
         robust_eval={} if args.robust_eval else None,
+        validation=None if args.validation is None else _in_range(
+            "--validation", args.validation, 1e-12, 0.5, "a fraction of the training split in (0, 0.5]"),
     )
 
 
@@ -208,6 +229,16 @@ def _check_options(config) -> None:
         key, problem = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UsageError(f"--option {key}: {problem}{more}")
+
+
+def _check_precision(config) -> None:
+    """The precision against the run's device (fp16 needs CUDA), before any data loads."""
+    from .train import resolve_device, resolve_precision
+
+    try:
+        resolve_precision(config.precision, resolve_device(config.device))
+    except ValueError as exc:
+        raise UsageError(one_line(exc)) from None
 
 
 def _open_out(out: Path):
@@ -236,6 +267,7 @@ def _run_train(args) -> int:
     except ValueError as exc:  # RunConfig's own checks (training mode, robust eval)
         raise UsageError(one_line(exc)) from None
     _check_options(config)
+    _check_precision(config)
     out = Path(args.out) if args.out else None
     sink = _open_out(out) if out is not None else None
     rows, finished = 0, False
@@ -304,7 +336,7 @@ def _run_grid(args) -> int:
         write_report(experiment)
     print_summary(experiment)
     if collected is not None and not collected.complete:
-        unfinished = [t["trial_name"] for t in collected.trials if t["status"] != "TERMINATED"]
+        unfinished = [t["trial_name"] for t in collected.trials if t["status"] not in ("TERMINATED", "STOPPED")]
         print(f"{len(unfinished)} of {len(collected.trials)} trials did not finish: {', '.join(unfinished[:6])}"
               f"{' ...' if len(unfinished) > 6 else ''}; continue with --resume", file=sys.stderr)
         return 1

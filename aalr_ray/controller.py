@@ -45,9 +45,11 @@ from .files import atomic_open
 # The epoch loops live in loops; the README's example imports them from here.
 from .loops import measure_loss, train_epoch  # noqa: F401
 
-__all__ = ["AALRController", "train_epoch", "measure_loss", "FINALS", "atomic_torch_save"]
+__all__ = ["AALRController", "train_epoch", "measure_loss", "FINALS", "SNAPSHOT_DEVICES", "atomic_torch_save"]
 
 FINALS = ("last", "best")
+# Where the snapshots live: "same" = the model's device; "cpu" = host memory (see _snapshot).
+SNAPSHOT_DEVICES = ("same", "cpu")
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
@@ -57,12 +59,36 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         torch.save(obj, stream)
 
 
-def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    # state_dict() returns live references; clone so later steps cannot change the snapshot.
+def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, on_host: bool = False) -> dict:
+    """A frozen copy of the weights and optimizer state: on their device, or ``on_host`` in CPU memory."""
+    # state_dict() returns live references; copy so later steps cannot change the snapshot.
+    if on_host:
+        return {"model": {k: _host_copy(v) for k, v in model.state_dict().items()},
+                "optimizer": _host_copy(optimizer.state_dict())}
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "optimizer": copy.deepcopy(optimizer.state_dict()),
     }
+
+
+def _host_copy(item):
+    """``item`` (a tensor, or a state dict's nesting of them) copied into CPU memory.
+
+    A CUDA tensor goes into page-locked (pinned) memory with a non-blocking copy:
+    the GPU's copy engine moves it while the next epoch computes. Everything the
+    GPU does later, the weight updates included, is queued behind the copy on
+    the same stream, so the copy reads the weights as they were; only the host
+    must not read the copy before it lands (AALRController._settle).
+    """
+    if isinstance(item, torch.Tensor):
+        pin = item.is_cuda  # pinned memory needs CUDA and only speeds copies from a GPU
+        host = torch.empty(item.shape, dtype=item.dtype, pin_memory=pin)
+        return host.copy_(item.detach(), non_blocking=pin)
+    if isinstance(item, dict):
+        return {k: _host_copy(v) for k, v in item.items()}
+    if isinstance(item, (list, tuple)):
+        return type(item)(_host_copy(v) for v in item)
+    return copy.deepcopy(item)
 
 
 def snapshot_nbytes(snapshot: dict | None) -> int:
@@ -97,15 +123,24 @@ class AALRController:
             ``"best"`` reloads the best checkpoint.
         best_path: keep the best checkpoint in this file instead of memory
             (for models whose second copy does not fit on the device).
+        snapshot_device: where theta_0 and the best snapshot are held:
+            ``"same"`` (default) on the model's device; ``"cpu"`` in host
+            memory (pinned for a model on a GPU, copied without blocking), so
+            that trials sharing a GPU do not each hold two extra copies there.
+            A restore copies them back to the model's device. The format of
+            :meth:`state_dict` is the same either way.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_epochs: int, *,
                  initial_lr: float = 0.1, phase1_patience: int = 10, window: str = "text",
                  collapse_is_divergence: bool = False, restore_on_decrease: bool = False,
                  restore_if_worse: bool = False, significant_gain: bool = False, judge: str = "last",
-                 final: str = "last", best_path: str | os.PathLike | None = None):
+                 final: str = "last", best_path: str | os.PathLike | None = None,
+                 snapshot_device: str = "same"):
         if final not in FINALS:
             raise ValueError(f"final must be one of {', '.join(FINALS)}; got {final!r}")
+        if snapshot_device not in SNAPSHOT_DEVICES:
+            raise ValueError(f"snapshot_device must be one of {', '.join(SNAPSHOT_DEVICES)}; got {snapshot_device!r}")
         self.core = AALR(max_epochs, initial_lr=initial_lr, phase1_patience=phase1_patience,
                          window=window, collapse_is_divergence=collapse_is_divergence,
                          restore_on_decrease=restore_on_decrease, restore_if_worse=restore_if_worse,
@@ -114,6 +149,9 @@ class AALRController:
         self.optimizer = optimizer
         self.final = final
         self.best_path = Path(best_path) if best_path is not None else None
+        self.snapshot_device = snapshot_device
+        # A CUDA event after the last non-blocking copies into host snapshots, until they land.
+        self._copies_in_flight = None
         reference = optimizer.param_groups[0]["lr"]
         if not reference > 0:
             raise ValueError(f"the optimizer's first param group needs an LR > 0 to keep ratios, got {reference!r}")
@@ -128,7 +166,7 @@ class AALRController:
     def start(self, initial_loss: float) -> None:
         """Remember theta_0 and the fresh optimizer; L* := ``initial_loss``."""
         self.core.start(initial_loss)
-        self._initial = _snapshot(self.model, self.optimizer)
+        self._initial = self._take_snapshot()
         self._apply_lr()
 
     def step(self, loss: float) -> Action:
@@ -198,6 +236,7 @@ class AALRController:
         The snapshots are included even with ``best_path`` so that a checkpoint
         is self-contained (it may be moved to other storage before a resume).
         """
+        self._settle()  # the caller serialises the snapshots: host copies must have landed
         return {
             "core": self.core.state_dict(),
             "lr_ratios": list(self.lr_ratios),
@@ -223,12 +262,28 @@ class AALRController:
             group["lr"] = self.core.lr * ratio
 
     def _save_best(self) -> None:
-        self._store_best(_snapshot(self.model, self.optimizer))
+        self._store_best(self._take_snapshot())
+
+    def _take_snapshot(self) -> dict:
+        on_host = self.snapshot_device == "cpu"
+        snapshot = _snapshot(self.model, self.optimizer, on_host=on_host)
+        if on_host and torch.cuda.is_available():
+            parameter = next(self.model.parameters(), None)
+            if parameter is not None and parameter.is_cuda:
+                self._copies_in_flight = torch.cuda.current_stream(parameter.device).record_event()
+        return snapshot
+
+    def _settle(self) -> None:
+        """Wait for the non-blocking copies into host snapshots, before the host reads them."""
+        if self._copies_in_flight is not None:
+            self._copies_in_flight.synchronize()
+            self._copies_in_flight = None
 
     def _store_best(self, snapshot: dict) -> None:
         if self.best_path is None:
             self._best = snapshot
         else:
+            self._settle()
             atomic_torch_save(snapshot, self.best_path)
         self._best_saved = True
 
@@ -240,7 +295,8 @@ class AALRController:
     def _load(self, snapshot: dict | None) -> None:
         if snapshot is None:
             raise RuntimeError("AALR has no snapshot to restore: was start() called?")
-        self.model.load_state_dict(snapshot["model"])  # copies into the parameters
+        self._settle()
+        self.model.load_state_dict(snapshot["model"])  # copies into the parameters, onto their device
         # Optimizer.load_state_dict replaces (not merges) the per-parameter state but keeps
         # the given tensors when dtype and device already match (Tensor.to returns self), and
         # every optimizer then updates its state in place (SGD's momentum, Adam's moments and

@@ -31,6 +31,23 @@ every trial later. Import paths (``package.module:function``, see
 :mod:`aalr_ray.imports`) are imported here: a grid file runs code in the
 driver, like a Python script.
 
+``validation: 0.1`` holds out a fraction of every trial's training split (by
+seed); ``searches`` names searched baselines, each a search of one method's
+``lr`` with Ray Tune's grid search, ASHA or PBT, run over every cell of the
+grid (:func:`search_plans`, :class:`Search`; :mod:`aalr_ray.search` runs them)::
+
+    validation: 0.1
+    searches:
+      step-lr-grid: {method: step, lr: {grid: [0.01, 0.03, 0.1, 0.3, 1.0]}}
+      step-asha: {method: step, lr: {loguniform: [1.0e-3, 1.0]}, scheduler: asha, samples: 16, budget_epochs: 240}
+
+``precision`` (auto | fp32 | bf16 | fp16), ``channels_last`` (auto | on | off)
+and ``snapshot_device`` (auto | same | cpu) say how every trial computes
+(:class:`aalr_ray.train.RunConfig`), at the top level or per trial in an
+override's ``set``; the device and precision are checked against
+``resources.gpu`` (:func:`_check_placement`), not against the machine that
+reads the file.
+
 Importing this module loads neither torch nor Ray (the CLI and the report
 import it); validating a file imports torch, for the names and the checks.
 """
@@ -59,11 +76,12 @@ from .errors import describe, one_line
 from .imports import ImportPathError, load_callable
 
 __all__ = ["Grid", "GridError", "GridFile", "load_grid", "parse_grid", "expand", "smoke_configs", "trial_name",
-           "trial_count", "run_configs", "option_problems", "TRIAL_KEYS", "MATCH_KEYS", "OVERRIDE_KEYS", "SMOKE",
+           "trial_count", "run_configs", "option_problems", "search_plans", "smoke_plans", "SearchPlan",
+           "SEARCH_SCHEDULERS", "TRIAL_KEYS", "MATCH_KEYS", "OVERRIDE_KEYS", "SMOKE",
            "MAX_TRIALS"]
 
 # Keys a trial config has, besides the run's own (RunConfig) fields.
-TRIAL_KEYS = ("trial_name",)
+TRIAL_KEYS = ("trial_name", "search")  # search: the searched baseline a trial belongs to
 # --smoke: the grid, shrunk to a covering set on tiny data (see smoke_configs).
 SMOKE = {"epochs": 2, "batch_size": 2, "train_limit": 2, "test_limit": 2, "robust_subset": 2, "attack_steps": 2}
 
@@ -102,6 +120,10 @@ class Grid:
     method_options: dict = field(default_factory=dict)
     epoch_loss: str = "train-mean"
     device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    snapshot_device: str = "auto"
+    augment_on: str = "auto"  # where augmentation runs: batched on the device, or per example in workers
     resources: dict = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     max_concurrent: int | None = None
     workers_per_trial: int = 1
@@ -109,6 +131,9 @@ class Grid:
     include: list[dict] = field(default_factory=list)
     exclude: list[dict] = field(default_factory=list)
     overrides: list[dict] = field(default_factory=list)
+    validation: float | None = None
+    # search name -> its mapping as the file gave it (Search); see search_plans.
+    searches: dict = field(default_factory=dict)
     source: str = "<grid>"
     # The key path of each entry of ``overrides`` in the file ("overrides[2]").
     override_paths: list[str] = field(default_factory=list)
@@ -278,6 +303,28 @@ def _device(value: Any) -> str:
     if not (isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?|mps", value)):
         _refuse(f"unknown device {_r(value)}; choose from: auto, cpu, cuda, cuda:N, mps")
     return value
+
+
+def _one_of(what: str, choices: str) -> PlainValidator:
+    """A value of RunConfig's ``choices`` (the name of a tuple in aalr_ray.train)."""
+
+    def check(value: Any) -> str:
+        from . import train
+
+        valid = getattr(train, choices)
+        if what == "channels_last" and isinstance(value, bool):  # YAML 1.1 reads a bare on/off as a bool
+            return "on" if value else "off"
+        if not isinstance(value, str) or value not in valid:
+            _refuse(f"unknown {what} {_r(value)}; choose from: {', '.join(valid)}")
+        return value
+
+    return PlainValidator(check)
+
+
+Precision = Annotated[str, _one_of("precision", "PRECISIONS")]
+ChannelsLast = Annotated[str, _one_of("channels_last", "CHANNELS_LAST")]
+SnapshotDevice = Annotated[str, _one_of("snapshot_device", "RUN_SNAPSHOT_DEVICES")]
+AugmentOn = Annotated[str, _one_of("augment_on", "AUGMENT_PLACES")]
 
 
 def _resource(key: str) -> PlainValidator:
@@ -450,6 +497,10 @@ class OverrideSet(_Schema):
     weight_decay: Annotated[float, PlainValidator(_weight_decay)] = None
     method_options: Annotated[dict, PlainValidator(_options_mapping)] = None
     augmentation: Annotated[str, _known_name("augmentation")] = None
+    precision: Precision = None
+    channels_last: ChannelsLast = None
+    snapshot_device: SnapshotDevice = None
+    augment_on: AugmentOn = None
 
 
 class Override(_Schema):
@@ -486,6 +537,85 @@ TrainingModes = Annotated[list[Annotated[Any, PlainValidator(_training_mode)]],
 WorkerCount = Annotated[int, PlainValidator(functools.partial(_check_positive_int, maximum=MAX_WORKERS))]
 
 
+# ------------------------------------------------------------------ searches
+SEARCH_SCHEDULERS = ("none", "asha", "pbt")  # none: every configuration trains all epochs
+
+
+def _validation(value: Any) -> float:
+    from .data.validation import VALIDATION_MAX
+
+    if not _is_real(value) or not 0 < value <= VALIDATION_MAX:
+        _refuse(f"expected a fraction of the training split in (0, {VALIDATION_MAX}], got {_r(value)}")
+    return float(value)
+
+
+def _scheduler(value: Any) -> str:
+    if not isinstance(value, str) or value not in SEARCH_SCHEDULERS:
+        _refuse(f"unknown scheduler {_r(value)}; choose from: {', '.join(SEARCH_SCHEDULERS)}")
+    return value
+
+
+def _learning_rate(value: Any) -> float:
+    if not _is_real(value) or value <= 0:
+        _refuse(f"expected a learning rate (a finite number > 0), got {_r(value)}{_number_hint(value)}")
+    return float(value)
+
+
+def _lr_range(value: Any) -> list[float]:
+    if not isinstance(value, list) or len(value) != 2:
+        _refuse(f"expected [low, high], two learning rates, got {_r(value)}")
+    low, high = (_learning_rate(v) for v in value)
+    if not low < high:
+        _refuse(f"expected low < high, got {_r(value)}")
+    return [low, high]
+
+
+def _reduction_factor(value: Any) -> int:
+    if not _is_int(value) or not 2 <= value <= 100:
+        _refuse(f"expected an integer in 2..100 (ASHA keeps 1 in this many at each rung), got {_r(value)}")
+    return value
+
+
+class LrSpace(_Schema):
+    """Where a search looks for the LR: a list of values, or a log-uniform range (Tune samples it)."""
+
+    unknown_key_text: ClassVar[str] = "unknown LR space; choose from"
+    may_be_empty: ClassVar[bool] = False
+    grid: Annotated[list[Annotated[float, PlainValidator(_learning_rate)]],
+                    _distinct_list("a non-empty list of learning rates")] = None
+    loguniform: Annotated[list[float], PlainValidator(_lr_range)] = None
+
+    @model_validator(mode="after")
+    def _one_space(self) -> LrSpace:
+        if len(self.given()) != 1:
+            _refuse("give one of grid: [LRs] or loguniform: [low, high], not both")
+        return self
+
+
+class Search(_Schema):
+    """A searched baseline: Ray Tune's search over one method's ``lr``, selected on validation accuracy.
+
+    ``scheduler: none`` trains every configuration for all epochs (the grid's
+    values, or ``samples`` log-uniform draws); ``asha`` stops the worse early
+    (``ASHAScheduler``) within ``budget_epochs`` in all; ``pbt`` trains a
+    ``population`` and perturbs the LR every ``perturbation_interval`` epochs
+    (``PopulationBasedTraining``). Checked together in :func:`_search_problems`.
+    """
+
+    method: Annotated[str, _known_name("method")] = Field(description="the method whose lr option is searched")
+    lr: LrSpace = Field(description="a mapping: grid: [LRs] or loguniform: [low, high]")
+    scheduler: Annotated[str, PlainValidator(_scheduler)] = Field("none", description="none | asha | pbt")
+    samples: PositiveInt = None
+    budget_epochs: PositiveInt = None
+    population: PositiveInt = None
+    perturbation_interval: PositiveInt = None
+    grace_period: PositiveInt = None
+    reduction_factor: Annotated[int, PlainValidator(_reduction_factor)] = None
+
+
+SearchName = Annotated[str, PlainValidator(_experiment_name)]
+
+
 class GridFile(_Schema):
     """A grid file. Defaults are Grid's; ``seeds``, ``methods`` and ``weight_decay`` also take a
     shorthand (a count, ``all``, one number)."""
@@ -508,6 +638,10 @@ class GridFile(_Schema):
         {}, description="mapping method -> mapping of option overrides")
     epoch_loss: Annotated[str, PlainValidator(_epoch_loss)] = Field("train-mean", description="train-mean | clean-pass")
     device: Annotated[str, PlainValidator(_device)] = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    precision: Precision = Field("auto", description="auto | fp32 | bf16 | fp16")
+    channels_last: ChannelsLast = Field("auto", description="auto | on | off")
+    snapshot_device: SnapshotDevice = Field("auto", description="auto | same | cpu")
+    augment_on: AugmentOn = Field("auto", description="auto | device | workers")
     resources: Resources = Field(default_factory=Resources, description="mapping cpu, gpu per trial")
     max_concurrent: PositiveInt | None = Field(None, description="trials running at once")
     workers_per_trial: WorkerCount = Field(1, description="data-parallel workers per trial (Ray Train, DDP)")
@@ -515,6 +649,9 @@ class GridFile(_Schema):
     include: list[Match] = Field([], description="a list of mappings; keep only trials matching one")
     exclude: list[Match] = Field([], description="a list of mappings; drop trials matching one")
     overrides: list[Override] = Field([], description="a list of {match: mapping, set: mapping}")
+    validation: Annotated[float, PlainValidator(_validation)] | None = Field(
+        None, description="a fraction of the training split held out by seed, in (0, 0.5]")
+    searches: dict[SearchName, Search] = Field({}, description="a mapping: search name -> search")
 
 
 # ------------------------------------------------- pydantic errors -> lines
@@ -781,11 +918,15 @@ def _grid_of(schema: GridFile, source: str, override_paths: list[str]) -> Grid:
                 training=list(schema.training),
                 robust_eval=schema.robust_eval.given() if schema.robust_eval is not None else None,
                 method_options=dict(schema.method_options), epoch_loss=schema.epoch_loss, device=schema.device,
+                precision=schema.precision, channels_last=schema.channels_last,
+                snapshot_device=schema.snapshot_device, augment_on=schema.augment_on,
                 resources=schema.resources.model_dump(), max_concurrent=schema.max_concurrent,
                 workers_per_trial=schema.workers_per_trial, checkpoint_every=schema.checkpoint_every,
                 include=[entry.given() for entry in schema.include],
                 exclude=[entry.given() for entry in schema.exclude],
                 overrides=[{"match": entry.match.given(), "set": entry.values.given()} for entry in schema.overrides],
+                validation=schema.validation,
+                searches={name: {**search.given(), "lr": search.lr.given()} for name, search in schema.searches.items()},
                 source=source, override_paths=override_paths)
 
 
@@ -799,7 +940,7 @@ def parse_grid(raw: Any, source: str = "<grid>") -> Grid:
     if schema is not None:
         grid = _grid_of(schema, source, override_paths)
         # Every trial, checked as a run would check it (for a file with problems: its valid part).
-        for line in _trial_problems(grid, report_unmatched=not problems.lines):
+        for line in _trial_problems(grid, report_unmatched=not problems.lines) + _search_problems(grid, "validation" in raw):
             if line not in problems.lines:
                 problems.lines.append(line)
     if problems.lines:
@@ -905,7 +1046,9 @@ def _expand_traced(grid: Grid) -> tuple[list[tuple[dict, dict]], set[int]]:
         config = RunConfig(model=model, dataset=dataset, method=method, epochs=grid.epochs, seed=seed,
                            batch_size=batch_size, weight_decay=weight_decay, augmentation=augmentation,
                            training=training, robust_eval=grid.robust_eval, epoch_loss=grid.epoch_loss,
-                           device=grid.device,
+                           device=grid.device, validation=grid.validation, precision=grid.precision,
+                           channels_last=grid.channels_last, snapshot_device=grid.snapshot_device,
+                           augment_on=grid.augment_on,
                            method_options=dict(grid.method_options.get(method, {}))).to_dict()
         if grid.include and not any(_matches(config, entry) for entry in grid.include):
             continue
@@ -951,6 +1094,7 @@ def _trial_problems(grid: Grid, report_unmatched: bool = True) -> list[str]:
     for config, origin in traced:
         _check_pairs(check, config, origin, seen)
         _check_options(check, config, origin)
+        _check_placement(check, config, origin, grid.resources)
         try:
             RunConfig(**{k: config[k] for k in _run_fields()})
         except (ValueError, TypeError) as exc:
@@ -986,6 +1130,35 @@ def _check_pairs(check: _Problems, config: dict, origin: dict, seen: set) -> Non
                             f"choose from: {', '.join(valid)}{fix}")
 
 
+def _check_placement(check: _Problems, config: dict, origin: dict, resources: dict) -> None:
+    """The trial's device and precision against the GPUs it holds (resources.gpu).
+
+    Judged from the file, not from this machine: the driver may have no GPU
+    while the cluster's nodes do. Ray shows a trial the GPUs it holds as
+    cuda:0, cuda:1, ...; one that holds none trains on the CPU. Whether a
+    trial's GPU has bf16 is known on it only: the trial refuses it there.
+    """
+    from .train import precision_choices
+
+    device, gpu = config["device"], resources["gpu"]
+    if device.startswith("cuda") and int(device.partition(":")[2] or 0) >= math.ceil(gpu):
+        need = int(device.partition(":")[2] or 0) + 1
+        check.add("device", f"{device!r} needs {need} GPU{'s' if need > 1 else ''} per trial and resources.gpu "
+                            f"is {_r(gpu)}; raise resources.gpu (a fraction shares a GPU) or choose from: auto, cpu")
+        return
+    runs_on = "cuda" if device.startswith("cuda") or (device == "auto" and gpu > 0) else \
+        ("cpu" if device == "auto" else device)
+    precision = config["precision"]
+    if runs_on == "cuda" or precision in precision_choices(runs_on):
+        return
+    where = "resources.gpu is 0" if device == "auto" else f"device {device}"
+    why = "needs a CUDA GPU (its GradScaler)" if precision == "fp16" else f"has no autocast on {runs_on}"
+    check.add(origin.get("precision", "precision"),
+              f"{precision!r} {why}, and the trials run on the {runs_on.upper()} ({where}); "
+              f"choose from: {', '.join(precision_choices(runs_on))}, or give the trials a GPU "
+              "(resources.gpu > 0 with device auto or cuda)")
+
+
 def _check_options(check: _Problems, config: dict, origin: dict) -> None:
     method, options = config["method"], config["method_options"]
     problems = option_problems(method, options)
@@ -1001,6 +1174,152 @@ def _check_options(check: _Problems, config: dict, origin: dict) -> None:
     if problem:
         paths = sorted({p for k, p in origin.items() if k.startswith("method_options.")})
         check.add(" and ".join(paths) or f"method_options.{method}", problem)
+
+
+# ------------------------------------------------------------------ searches
+# Keys that only one scheduler reads, and what each search needs as its budget of epochs.
+_SCHEDULER_KEYS = {"asha": ("budget_epochs", "grace_period", "reduction_factor"),
+                   "pbt": ("population", "perturbation_interval")}
+ASHA_DEFAULTS = {"grace_period": 1, "reduction_factor": 3}  # Tune's ASHAScheduler defaults
+
+
+def _search_problems(grid: Grid, validation_given: bool = True) -> list[str]:
+    """What a search's keys mean together: a budget, keys of its scheduler only, a method with an lr.
+    ``validation_given``: the file has the key (a wrong value was reported already)."""
+    from .methods import METHODS
+
+    check = _Problems(grid.source)
+    if grid.searches and grid.validation is None and not validation_given:
+        check.add("searches", "searches select on validation accuracy: set validation "
+                              "(a fraction of the training split in (0, 0.5], e.g. 0.1)")
+    with_lr = [name for name, spec in METHODS.items() if "lr" in spec.defaults]
+    for name, search in grid.searches.items():
+        path, scheduler = f"searches.{name}", search.get("scheduler", "none")
+        for problem in _search_budget_problems(search, scheduler):
+            check.add(path, problem)
+        for key in (k for sched, keys in _SCHEDULER_KEYS.items() if sched != scheduler for k in keys):
+            if key in search and not (key == "budget_epochs" and scheduler == "asha"):
+                check.add(f"{path}.{key}", f"applies only to scheduler: {_scheduler_of(key)} "
+                                           f"(this search's scheduler is {scheduler})")
+        method = search["method"]
+        if "lr" not in METHODS[method].defaults:
+            check.add(f"{path}.method", f"method {method!r} has no lr option to search; choose from: "
+                                        f"{', '.join(with_lr)}")
+        elif scheduler == "pbt" and grid.workers_per_trial > 1:
+            check.add(f"{path}.scheduler", "PBT hands checkpoints between single-process trials; with "
+                                           "workers_per_trial > 1 choose from: none, asha")
+        elif scheduler == "pbt" and method.startswith("aalr"):
+            check.add(f"{path}.method", f"PBT sets the LR of a running trial, which AALR's controller sets itself; "
+                                        f"choose a scheduled method: {', '.join(m for m in with_lr if not m.startswith('aalr'))}")
+    return check.lines
+
+
+def _scheduler_of(key: str) -> str:
+    return next(sched for sched, keys in _SCHEDULER_KEYS.items() if key in keys)
+
+
+def _search_budget_problems(search: dict, scheduler: str) -> list:
+    """A search must say how many epochs it may train: a grid of LRs or ``samples`` (times the
+    epochs), ASHA's ``budget_epochs``, PBT's ``population``."""
+    problems = []
+    space = "grid" if "grid" in search["lr"] else "loguniform"
+    if space == "grid" and "samples" in search:
+        problems.append("samples: a grid of LRs trains each value once; drop samples, or search loguniform")
+    if space == "loguniform" and scheduler != "pbt" and "samples" not in search:
+        problems.append("a search without a budget: give samples (how many LRs Tune draws)")
+    if scheduler == "asha" and "budget_epochs" not in search:
+        problems.append("a search without a budget: give budget_epochs (the epochs of all its trials together)")
+    if scheduler == "pbt":
+        if "population" not in search:
+            problems.append("a search without a budget: give population (PBT trains population x epochs)")
+        if "perturbation_interval" not in search:
+            problems.append("give perturbation_interval (epochs between PBT's exploit/explore steps)")
+        if "samples" in search:
+            problems.append("samples: PBT trains its population; drop samples")
+    return problems
+
+
+@dataclass
+class SearchPlan:
+    """One search over one cell of the grid (a dataset x model x ... x seed): its own Tune experiment.
+
+    ``config`` is a trial config of ``spec["method"]`` (the LR is Tune's to set);
+    ``spec`` has every key of :class:`Search` resolved (see :func:`search_plans`).
+    """
+
+    search: str
+    cell: str
+    spec: dict
+    config: dict
+
+    @property
+    def experiment_name(self) -> str:
+        return f"{self.search}-{self.cell}"
+
+    @property
+    def lr_values(self) -> int:
+        """How many configurations start: the grid's LRs, the samples or the population."""
+        if self.spec["scheduler"] == "pbt":
+            return self.spec["population"]
+        return len(self.spec["lr"]["grid"]) if "grid" in self.spec["lr"] else self.spec["samples"]
+
+
+def _resolved(search: dict) -> dict:
+    spec = {"scheduler": "none", **search}
+    if spec["scheduler"] == "asha":
+        spec = {**ASHA_DEFAULTS, **spec}
+    return spec
+
+
+def search_plans(grid: Grid, configs: list[dict] | None = None) -> list[SearchPlan]:
+    """Every search over every cell of ``configs`` (default: the grid's trials), in file order.
+
+    A cell is the trials that differ only in their method; the search's
+    trials take the cell's settings (epochs, batch size, seed, validation,
+    ...) with the searched method and that method's ``method_options``.
+    """
+    cells: dict[str, dict] = {}
+    for config in expand(grid) if configs is None else configs:
+        cell = {k: v for k, v in config.items() if k not in ("method", "method_options", "trial_name")}
+        key = json.dumps(cell, sort_keys=True, default=str)
+        cells.setdefault(key, config)
+    plans = []
+    for name, search in grid.searches.items():
+        spec = _resolved(search)
+        for template in cells.values():
+            cell_name = trial_name({**template, "method": "x"})[2:]  # the trial's name without its method
+            config = {**template, "method": spec["method"],
+                      "method_options": dict(grid.method_options.get(spec["method"], {})),
+                      "trial_name": f"{name}-{cell_name}", "search": name}
+            plans.append(SearchPlan(name, cell_name, spec, config))
+    return plans
+
+
+def smoke_plans(plans: list[SearchPlan], smoke: list[dict]) -> list[SearchPlan]:
+    """The searches of a --smoke run: each search once, over the first smoke trial's cell it has,
+    with two LRs (or members) on the smoke trial's tiny settings."""
+    # Smoke trials have smaller batches than their cells: matched on what smoke leaves as it is.
+    same = ("dataset", "model", "seed", "augmentation", "weight_decay")
+    smoke_by_cell = {}
+    for config in smoke:
+        smoke_by_cell.setdefault(tuple(str(config[k]) for k in same), config)
+    cut, seen = [], set()
+    for plan in plans:
+        template = smoke_by_cell.get(tuple(str(plan.config[k]) for k in same))
+        if template is None or plan.search in seen:
+            continue
+        seen.add(plan.search)
+        spec = dict(plan.spec)
+        if "grid" in spec["lr"]:
+            spec["lr"] = {"grid": spec["lr"]["grid"][:2]}
+        for key in ("samples", "population"):
+            if key in spec:
+                spec[key] = min(spec[key], 2)
+        if "perturbation_interval" in spec:
+            spec["perturbation_interval"] = 1
+        config = {**template, **{k: plan.config[k] for k in ("method", "method_options", "trial_name", "search")}}
+        cut.append(SearchPlan(plan.search, plan.cell, spec, config))
+    return cut
 
 
 # --------------------------------------------------------------------- smoke
@@ -1032,6 +1351,8 @@ def smoke_configs(configs: list[dict]) -> list[dict]:
         config = dict(config, epochs=min(config["epochs"], SMOKE["epochs"]), smoke=True,
                       batch_size=min(config["batch_size"], SMOKE["batch_size"]),
                       train_limit=SMOKE["train_limit"], test_limit=SMOKE["test_limit"])
+        if config["precision"] == "fp16":  # a CPU has no fp16 (GradScaler): the smoke run checks the rest
+            config["precision"] = "auto"
         attack = _attack(config["training"])
         if attack.mode == "pgd" and attack.steps > SMOKE["attack_steps"]:
             config["training"] = {**dataclasses.asdict(attack), "steps": SMOKE["attack_steps"]}

@@ -132,6 +132,23 @@ class Method:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
 
+    def scale_lr(self, factor: float) -> None:
+        """Multiply the LR, now and for the rest of the schedule, by ``factor`` (PBT's perturbation).
+
+        The optimizer's LR, its ``initial_lr`` and the scheduler's base LRs
+        all scale, so a step schedule keeps its milestones and decays from
+        the new base. AALR methods refuse: their controller owns the LR.
+        """
+        if self.controller is not None:
+            raise MethodError(f"method {self.name!r} sets its own LR (AALR); it cannot be perturbed")
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, lr={self.current_lr():.4g})"
 
@@ -329,6 +346,7 @@ class _Context:
     steps_per_epoch: int
     model_name: str
     weight_decay: float
+    snapshot_device: str = "same"  # where AALR keeps its snapshots (AALRController)
 
 
 @dataclass(frozen=True)
@@ -353,8 +371,13 @@ def method_names() -> list[str]:
 
 def build_method(name: str, model: nn.Module, *, epochs: int, steps_per_epoch: int,
                  model_name: str = "", weight_decay: float = 5e-4,
-                 options: dict | None = None) -> Method:
-    """Build method ``name`` for ``model``; ``options`` override its defaults by key."""
+                 options: dict | None = None, snapshot_device: str = "same") -> Method:
+    """Build method ``name`` for ``model``; ``options`` override its defaults by key.
+
+    ``snapshot_device``: where the AALR methods keep theta_0 and the best
+    snapshot, ``"same"`` (the model's device) or ``"cpu"`` (see
+    :class:`AALRController`); the other methods keep none and ignore it.
+    """
     spec = METHODS.get(name)
     if spec is None:
         raise MethodError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
@@ -369,7 +392,7 @@ def build_method(name: str, model: nn.Module, *, epochs: int, steps_per_epoch: i
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
         raise MethodError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     opts = {**spec.defaults, **options}
-    ctx = _Context(epochs, steps_per_epoch, model_name or "", float(weight_decay))
+    ctx = _Context(epochs, steps_per_epoch, model_name or "", float(weight_decay), snapshot_device)
     method = spec.build(model, opts, ctx)
     method.info = _jsonable({"method": name, "model_name": ctx.model_name, "epochs": epochs,
                              "steps_per_epoch": steps_per_epoch, "weight_decay": ctx.weight_decay,
@@ -605,7 +628,7 @@ def _build_aalr(name: str):
             collapse_is_divergence=opts["collapse_is_divergence"],
             restore_on_decrease=opts["restore_on_decrease"], restore_if_worse=opts["restore_if_worse"],
             significant_gain=opts["significant_gain"], judge=opts["judge"], final=opts["final"],
-            best_path=opts["best_path"])
+            best_path=opts["best_path"], snapshot_device=ctx.snapshot_device)
         return AALRMethod(name, optimizer, controller, info={"max_epochs": ctx.epochs, **info})
     return build
 

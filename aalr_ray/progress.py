@@ -99,6 +99,9 @@ def _grid_configs(uri: str) -> list[dict]:
                             "not a grid.json written by aalr-ray grid") from None
     if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
         raise ProgressError(f"{uri}: not a list of trial configs; not a grid.json written by aalr-ray grid")
+    # A search's entry ({"search", "spec", "config"}; aalr_ray.runner): its trials are in their own
+    # experiments under searches/, reported (Tuning cost) once the grid has ended.
+    configs = [c for c in configs if not {"search", "spec", "config"} <= c.keys()]
     for index, config in enumerate(configs):
         missing = [key for key in CONFIG_KEYS if key not in config]
         if missing:

@@ -129,7 +129,7 @@ class Section:
 
 
 RUNNING, UNFINISHED, PENDING = "RUNNING", "UNFINISHED", "PENDING"  # trials that have not finished
-ENDED = ("TERMINATED", "ERROR")  # a trial in one of these statuses trains no more
+ENDED = ("TERMINATED", "STOPPED", "ERROR")  # a trial in one of these statuses trains no more (STOPPED: by its search)
 
 
 def plain(text: str) -> str:
@@ -160,13 +160,21 @@ def _progress(trials: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def _grid_trials(trials: list[dict]) -> list[dict]:
+    """The grid's own trials: a searched baseline's trials have their own section (aalr_ray.report_tuning)."""
+    return [t for t in trials if not t.get("search")]
+
+
 def build_tables(trials: list[dict], epochs: list[dict]) -> list[Section]:
-    """The report's tables, a :class:`Section` per dataset and training mode."""
+    """The report's tables, a :class:`Section` per dataset and training mode, then the tuning cost of
+    each workload that has searches."""
+    from .report_tuning import tuning_sections
+
     rows_by_trial: dict[str, list[dict]] = defaultdict(list)
     for row in epochs:
         rows_by_trial[row["trial_id"]].append(row)
     sections = []
-    for (dataset, mode), group in _groups(trials).items():
+    for (dataset, mode), group in _groups(_grid_trials(trials)).items():
         varying = _varying(group)
         methods = _ordered(t["method"] for t in group)
         row_keys = _ordered(_row_key(t, varying) for t in group)
@@ -181,7 +189,7 @@ def build_tables(trials: list[dict], epochs: list[dict]) -> list[Section]:
         blocks: list = [_metric_table(title, key, row_keys, methods, cells) for key, title in metrics]
         blocks.append(_time_to_target(row_keys, methods, cells, rows_by_trial))
         sections.append(Section(f"{dataset}, {mode} training", blocks))
-    return sections
+    return sections + tuning_sections(trials, epochs)
 
 
 def _metric_table(title, key, row_keys, methods, cells) -> Table:
@@ -536,7 +544,7 @@ def _figures(trials: list[dict], epochs: list[dict]):
         rows_by_trial[row["trial_id"]].append(row)
     for rows in rows_by_trial.values():
         rows.sort(key=lambda r: r["epoch"])
-    for (dataset, mode), group in _groups(trials).items():
+    for (dataset, mode), group in _groups(_grid_trials(trials)).items():
         group = [t for t in group if rows_by_trial.get(t.get("trial_id"))]
         if not group:
             continue
@@ -545,6 +553,9 @@ def _figures(trials: list[dict], epochs: list[dict]):
             yield (f"{metric}_{plan.stem}.png", f"{name.capitalize()}: {dataset}, {mode}",
                    _mean_figure(plt, plan, rows_by_trial, metric, name, log))
         yield f"trials_{plan.stem}.png", f"Every trial: {dataset}, {mode}", _trials_figure(plt, plan, rows_by_trial)
+    from .report_tuning import tuning_figures
+
+    yield from tuning_figures(plt, trials, epochs)
 
 
 def _plots(trials: list[dict], epochs: list[dict], directory: Path) -> list[tuple[str, str]]:

@@ -123,6 +123,9 @@ def trial_summary(config: dict, rows: list[dict], status: str, error: str | None
             if key in last:
                 summary[f"final_{key}"] = last.get(f"final_{key}", last[key])
                 summary[f"peak_{key}"] = max(r[key] for r in rows)
+        for key in ("val_loss", "val_acc"):  # with a validation split: what a search selects on
+            if key in last:
+                summary[f"final_{key}"] = last.get(f"final_{key}", last[key])
     return summary
 
 
@@ -143,7 +146,8 @@ class Collected:
 
     @property
     def complete(self) -> bool:
-        return all(t["status"] == "TERMINATED" for t in self.trials)
+        # STOPPED: a search's scheduler (ASHA) or its epoch budget ended the trial early, on purpose.
+        return all(t["status"] in ("TERMINATED", "STOPPED") for t in self.trials)
 
 
 def _status(config: dict, rows: list[dict], error: str | None) -> str:

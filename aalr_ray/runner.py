@@ -19,23 +19,29 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from . import storage as store
 from ._ray_compat import tolerate_pruned_checkpoints
-from .grid import Grid, expand, load_grid, smoke_configs
+from .grid import Grid, SearchPlan, expand, load_grid, search_plans, smoke_configs, smoke_plans
 from .guard import StateGuard, full_disk_message, repair, torn_state_files
 # The tables and their file names live in results (free of Ray); imported from here too.
 from .results import (EPOCHS_FILE, JSON_FIELDS, TRIALS_FILE, Collected, TrialResult, collect_trials,  # noqa: F401
                       trial_summary, write_parquet)
 from .trainable import EVERY_KEY, CheckpointError, aalr_trainable, load_checkpoint_dir, newer_checkpoints
+from .tuning import mark_selected, search_compute
 
 __all__ = ["run_grid", "GridRunError", "collect", "write_parquet", "Collected", "EPOCHS_FILE", "TRIALS_FILE"]
 
 GRID_FILE = "grid.json"
+SEARCH_DIR = "searches"  # <experiment>/searches/<search>-<cell>: one Tune experiment per search and cell
+SEARCH_DONE_FILE = "search.json"  # in a search's experiment once it ended: its wall time
 # Config keys that say where a trial runs, not what it trains: left out of grid.json, so an
 # experiment resumes from another machine.
 NOT_IN_GRID_FILE = ("data_dir", "threads")
+# A grid is complete when every trial is one of these (STOPPED: a search stopped it early, on purpose).
+COMPLETE_STATUSES = ("TERMINATED", "STOPPED")
 MAX_FAILURES = 2  # a trial whose worker dies is retried from its last checkpoint
 KEEP_CHECKPOINTS = 3
 
@@ -154,13 +160,20 @@ def trainable_for(grid: Grid):
     return tune.with_resources(aalr_trainable, {"cpu": grid.resources["cpu"], "gpu": grid.resources["gpu"]})
 
 
+def _reporter(metrics: dict | None = None):
+    from ray import tune
+
+    return tune.CLIReporter(
+        parameter_columns={"method": "method", "model": "model", "dataset": "dataset", "seed": "seed"},
+        metric_columns={"epochs_done": "epoch", "lr": "lr", "train_loss": "train_loss", "test_acc": "test_acc",
+                        **(metrics or {})},
+        max_report_frequency=10, max_progress_rows=40, print_intermediate_tables=True)
+
+
 def _tuner(grid: Grid, configs: list[dict], storage: str, name: str):
     from ray import tune
 
-    reporter = tune.CLIReporter(
-        parameter_columns={"method": "method", "model": "model", "dataset": "dataset", "seed": "seed"},
-        metric_columns={"epochs_done": "epoch", "lr": "lr", "train_loss": "train_loss", "test_acc": "test_acc"},
-        max_report_frequency=10, max_progress_rows=40, print_intermediate_tables=True)
+    reporter = _reporter({"val_acc": "val_acc"} if grid.validation is not None else None)
     return tune.Tuner(
         trainable_for(grid),
         param_space=_param_space(configs),
@@ -187,23 +200,58 @@ def _tuner(grid: Grid, configs: list[dict], storage: str, name: str):
     )
 
 
-def prepare(grid_path: str, *, data_dir: str | None = None, smoke: bool = False) -> tuple[Grid, list[dict], str]:
-    """Grid, trial configs and experiment name; validates everything before anything runs."""
+def prepare(grid_path: str, *, data_dir: str | None = None,
+            smoke: bool = False) -> tuple[Grid, list[dict], str, list[SearchPlan]]:
+    """Grid, trial configs, experiment name and searches; validates everything before anything runs."""
     grid = load_grid(grid_path)
     configs = expand(grid)
+    plans = search_plans(grid, configs)
     name = grid.name
     if smoke:
         # A CPU check: one CPU per trial and no GPU, whatever the file asks for
         # (a GPU request would wait forever on a machine without one).
         configs, name = smoke_configs(configs), f"{grid.name}-smoke"
+        plans = smoke_plans(plans, configs)
         grid = dataclasses.replace(grid, resources={"cpu": 1, "gpu": 0}, max_concurrent=None)
     threads = max(1, int(grid.resources["cpu"]))
-    for config in configs:
+    for config in [*configs, *(plan.config for plan in plans)]:
         config["data_dir"] = str(Path(data_dir).expanduser().resolve()) if data_dir else None
         config["threads"] = threads
         if grid.checkpoint_every != 1:  # only then: the configs (and grid.json) of earlier grids stay as they were
             config[EVERY_KEY] = grid.checkpoint_every
-    return grid, configs, name
+    return grid, configs, name, plans
+
+
+def _fingerprint(configs: list[dict], plans: list[SearchPlan]) -> list[dict]:
+    """What grid.json holds: every trial config and, only where there are any, every search."""
+    fingerprint = [{k: v for k, v in c.items() if k not in NOT_IN_GRID_FILE} for c in configs]
+    return fingerprint + [{"search": plan.search, "spec": plan.spec,
+                           "config": {k: v for k, v in plan.config.items() if k not in NOT_IN_GRID_FILE}}
+                          for plan in plans]
+
+
+def _same_grid(saved, current: list[dict]) -> bool:
+    """Whether grid.json (``saved``) holds the grid of ``current``. A key a trial config has gained since
+    the experiment started (a RunConfig field added in a later version, such as precision or validation)
+    counts as the same when it is at its default: that is what the older trial ran with."""
+    if not isinstance(saved, list) or len(saved) != len(current):
+        return False
+    defaults = _run_defaults()
+    for old, new in zip(saved, current):
+        if not isinstance(old, dict):
+            return False
+        added = {k: v for k, v in new.items() if k not in old}
+        if any(k not in defaults or defaults[k] != v for k, v in added.items()):
+            return False
+        if {k: v for k, v in new.items() if k in old} != old:
+            return False
+    return True
+
+
+def _run_defaults() -> dict:
+    from .train import RunConfig
+
+    return {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
 
 
 def _already_done(experiment: str, fingerprint: list[dict], resume: bool) -> bool:
@@ -213,12 +261,12 @@ def _already_done(experiment: str, fingerprint: list[dict], resume: bool) -> boo
         if resume:
             raise GridRunError(f"nothing to resume at {experiment}; run without --resume to start it")
         return False
-    if store.read_json(f"{experiment}/{GRID_FILE}") != json.loads(json.dumps(fingerprint)):
+    if not _same_grid(store.read_json(f"{experiment}/{GRID_FILE}"), json.loads(json.dumps(fingerprint))):
         raise GridRunError(f"{experiment} holds a different grid (the file changed since it ran); "
                            "give the grid a new name or use another --storage")
     if store.exists(f"{experiment}/{TRIALS_FILE}"):
         trials = store.read_table(f"{experiment}/{TRIALS_FILE}").to_pylist()
-        if trials and all(t["status"] == "TERMINATED" for t in trials):
+        if trials and all(t["status"] in COMPLETE_STATUSES for t in trials):
             return True
     if not resume:
         raise GridRunError(f"{experiment} exists and did not finish; continue it with --resume "
@@ -256,6 +304,80 @@ def _fit(tuner, experiment: str):
             signal.signal(signal.SIGINT, sigint)  # during the collection that follows
 
 
+# ------------------------------------------------------------------ searches
+def _search_tuner(grid: Grid, plan: SearchPlan, experiment: str):
+    from ray import tune
+
+    from .search import keep_checkpoints, search_param_space, search_stopper, search_tune_config
+
+    return tune.Tuner(
+        trainable_for(grid), param_space=search_param_space(plan),
+        # A smoke search's trials take a second each: one actor, reused, costs less than starting a second.
+        tune_config=search_tune_config(plan, 1 if plan.config.get("smoke") else grid.max_concurrent),
+        run_config=tune.RunConfig(
+            name=plan.experiment_name, storage_path=f"{experiment}/{SEARCH_DIR}", verbose=1,
+            progress_reporter=_reporter({"val_acc": "val_acc"}), stop=search_stopper(plan),
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints(plan, KEEP_CHECKPOINTS)),
+            callbacks=[StateGuard(f"{experiment}/{SEARCH_DIR}/{plan.experiment_name}")]))
+
+
+def _search(grid: Grid, plan: SearchPlan, experiment: str, out) -> Collected:
+    """Run, resume or read one search's Tune experiment; its trials' rows and summaries.
+
+    A search that ended (its ``search.json`` is written) is read, not run
+    again; one that was interrupted continues through ``Tuner.restore``.
+    """
+    from ray import tune
+
+    from .search import search_param_space
+
+    uri = f"{experiment}/{SEARCH_DIR}/{plan.experiment_name}"
+    done = f"{uri}/{SEARCH_DONE_FILE}"
+    if store.exists(done):
+        results, wall_s = tune.Tuner.restore(uri, trainable_for(grid)).get_results(), store.read_json(done)["wall_s"]
+    else:
+        print(f"search {plan.experiment_name}: {plan.lr_values} {plan.spec['method']} configurations "
+              f"({plan.spec['scheduler']})", file=out, flush=True)
+        started = time.monotonic()
+        if store.exists(uri):
+            repair(uri)
+        if store.exists(uri) and tune.Tuner.can_restore(uri):
+            tuner = tune.Tuner.restore(uri, trainable_for(grid), resume_unfinished=True, resume_errored=True,
+                                       param_space=search_param_space(plan))
+        else:
+            tuner = _search_tuner(grid, plan, experiment)
+        results = _fit(tuner, uri)
+        wall_s = time.monotonic() - started
+        store.write_bytes(done, json.dumps({"wall_s": wall_s}).encode())
+    started = [trial for trial in (_search_trial(result, plan) for result in results) if trial is not None]
+    found = collect_trials(sorted(started, key=lambda r: r.trial_id), [])
+    for trial in found.trials:
+        if trial["status"] == "UNFINISHED":  # the search ended: its scheduler or its budget stopped the trial
+            trial["status"] = "STOPPED"
+        trial["search_wall_s"] = wall_s
+        trial["search_scheduler"] = plan.spec["scheduler"]
+    return found
+
+
+def _search_trial(result, plan: SearchPlan) -> TrialResult | None:
+    """A search trial's result; None for one that never started (the budget ended the search first)."""
+    if result.config is not None:
+        return _trial_result(result)
+    error = _trial_error(result)
+    if error is None:
+        return None
+    return TrialResult(Path(result.path).name.split("_", 1)[-1], plan.config, [], error)
+
+
+def _account(trials: list[dict]) -> None:
+    """Per search trial: the search's total epochs and trial seconds, and whether it is the one selected."""
+    mark_selected(trials)
+    totals = search_compute(trials)
+    for trial in trials:
+        trial["search_epochs"], trial["search_trial_s"] = totals[trial["trial_name"]]
+
+
 def run_grid(grid_path: str, *, storage: str = "./results", address: str | None = None,
              data_dir: str | None = None, resume: bool = False, smoke: bool = False,
              out=None) -> tuple[str, Collected | None]:
@@ -268,10 +390,10 @@ def run_grid(grid_path: str, *, storage: str = "./results", address: str | None 
     from ray import tune
 
     out = out or sys.stdout
-    grid, configs, name = prepare(grid_path, data_dir=data_dir, smoke=smoke)
+    grid, configs, name, plans = prepare(grid_path, data_dir=data_dir, smoke=smoke)
     storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
     experiment = store.experiment_uri(storage, name)
-    fingerprint = [{k: v for k, v in c.items() if k not in NOT_IN_GRID_FILE} for c in configs]
+    fingerprint = _fingerprint(configs, plans)
 
     # First, so that a wrong endpoint fails here in seconds, before any other
     # storage call (each would retry for long) and before any trial starts.
@@ -299,5 +421,13 @@ def run_grid(grid_path: str, *, storage: str = "./results", address: str | None 
             tuner = _tuner(grid, configs, storage, name)
         results = _fit(tuner, experiment)
         collected = collect(results, configs)
+        if plans:
+            searched = Collected([], [])
+            for plan in plans:
+                found = _search(grid, plan, experiment, out)
+                searched.epochs += found.epochs
+                searched.trials += found.trials
+            _account(searched.trials)
+            collected = Collected(collected.epochs + searched.epochs, collected.trials + searched.trials)
         write_parquet(experiment, collected)
     return experiment, collected

@@ -49,6 +49,7 @@ import json
 import logging
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -65,13 +66,15 @@ from .metrics import TrialMetrics
 from .results import ROWS_FILE, RowsError, read_rows, write_rows
 from .train import RunConfig, TrainingRun
 
-__all__ = ["aalr_trainable", "run_config_from", "resume", "train_next_epoch", "write_checkpoint_dir",
-           "load_checkpoint_dir", "read_rows", "node_labels", "checkpoint_due", "resume_newest", "drop_checkpoints",
-           "experiment_name", "newer_checkpoints", "CheckpointError", "CHECKPOINT_FILE", "ROWS_FILE"]
+__all__ = ["aalr_trainable", "run_config_from", "snapshots_for_trial", "resume", "train_next_epoch",
+           "write_checkpoint_dir", "load_checkpoint_dir", "read_rows", "node_labels", "checkpoint_due",
+           "resume_newest", "drop_checkpoints", "experiment_name", "newer_checkpoints", "CheckpointError",
+           "CHECKPOINT_FILE", "ROWS_FILE"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "run.pt"
+SEARCH_KEY = "search"  # config key (not a RunConfig field): the searched baseline the trial belongs to
 EVERY_KEY = "checkpoint_every"  # config key (not a RunConfig field): checkpoint every k epochs and the last
 _write_rows = write_rows  # the name bench/ray_cost.py times the trainable's rows writer by
 _RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
@@ -83,6 +86,26 @@ class CheckpointError(RuntimeError):
 
 def run_config_from(config: dict) -> RunConfig:
     return RunConfig(**{k: v for k, v in config.items() if k in _RUN_FIELDS})
+
+
+def snapshots_for_trial(config: RunConfig, gpus: float | None = None) -> RunConfig:
+    """``snapshot_device: auto`` as "cpu" for a trial that holds a fraction of a GPU.
+
+    Trials of ``resources: {gpu: 0.25}`` share one GPU's memory, and AALR's
+    snapshots would add up to a model and an optimizer state per trial there;
+    in host memory they cost a copy per SAVE_BEST and per restore. ``gpus``:
+    the trial's GPU request (default: this Tune trial's own resources).
+    """
+    if config.snapshot_device != "auto":
+        return config
+    if gpus is None:
+        try:
+            with warnings.catch_warnings():  # outside a trial Ray warns, then returns None
+                warnings.simplefilter("ignore")
+                gpus = float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0))
+        except Exception:  # noqa: BLE001 - not in a Tune trial: no resources to share
+            gpus = 0.0
+    return dataclasses.replace(config, snapshot_device="cpu") if 0 < gpus < 1 else config
 
 
 def load_checkpoint_dir(directory: Path) -> tuple[dict, list[dict]]:
@@ -115,13 +138,14 @@ class _LiveLog:
         self.file.close()
 
 
-def resume(run: TrainingRun, checkpoint, snapshots: SnapshotFiles | None = None) -> list[dict]:
+def resume(run: TrainingRun, checkpoint, snapshots: SnapshotFiles | None = None, *,
+           adopt_lr: bool = False) -> list[dict]:
     """Load ``checkpoint`` (Tune's or Ray Train's; None: a fresh start) into ``run``.
 
     ``snapshots`` reads the snapshot files the checkpoint refers to (from
     beside the checkpoint). Returns the rows of the epochs it holds: rows past
     its epoch, written by an attempt that died before its next checkpoint,
-    are dropped.
+    are dropped. ``adopt_lr``: see :meth:`TrainingRun.load_state_dict` (PBT).
     """
     if checkpoint is None:
         return []
@@ -132,7 +156,7 @@ def resume(run: TrainingRun, checkpoint, snapshots: SnapshotFiles | None = None)
             state = snapshots.join(state, checkpoint.path, checkpoint.filesystem)
         except SnapshotFileError as exc:
             raise CheckpointError(f"cannot load checkpoint {checkpoint.path}: {exc}") from None
-    run.load_state_dict(state)
+    run.load_state_dict(state, adopt_lr=adopt_lr)
     return [row for row in rows if row["epoch"] <= run.epoch]
 
 
@@ -241,7 +265,8 @@ def newer_checkpoints(given, fs, run_path: str) -> list[tuple[str, bool]]:
             for name in sorted(files, reverse=True)]
 
 
-def resume_newest(run: TrainingRun, given, snapshots: SnapshotFiles, fs, run_path: str) -> tuple[list[dict], list]:
+def resume_newest(run: TrainingRun, given, snapshots: SnapshotFiles, fs, run_path: str, *,
+                  adopt_lr: bool = False) -> tuple[list[dict], list]:
     """:func:`resume` from the newest loadable checkpoint: ``given`` (Ray's), or a newer one of the run's in storage.
 
     ``run_path`` is where the run's checkpoint directories are (the Tune
@@ -263,7 +288,7 @@ def resume_newest(run: TrainingRun, given, snapshots: SnapshotFiles, fs, run_pat
             continue
         checkpoint = checkpoint_class(path, filesystem=fs)
         try:
-            rows = resume(run, checkpoint, snapshots)
+            rows = resume(run, checkpoint, snapshots, adopt_lr=adopt_lr)
         except CheckpointError as exc:  # a copy cut short by the crash: try the next older one
             # (CheckpointError comes before anything is loaded into the run.)
             log.warning("skipping checkpoint %s: %s", path, exc)
@@ -271,7 +296,7 @@ def resume_newest(run: TrainingRun, given, snapshots: SnapshotFiles, fs, run_pat
         log.info("resuming from %s, newer than the %s Ray restored", path,
                  "checkpoint" if given is not None else "fresh start")
         return rows, unknown_to_ray
-    return resume(run, given, snapshots), unknown_to_ray
+    return resume(run, given, snapshots, adopt_lr=adopt_lr), unknown_to_ray
 
 
 def drop_checkpoints(fs, paths: list) -> None:
@@ -287,8 +312,10 @@ def aalr_trainable(config: dict) -> None:
     """Run one :class:`TrainingRun` as a Tune trial; see the module docstring."""
     fs, trial_path = trial_storage()
     snapshots = trial_snapshot_files(fs, trial_path)
-    run = TrainingRun(run_config_from(config))
-    rows, unknown_to_ray = resume_newest(run, tune.get_checkpoint(), snapshots, fs, trial_path)
+    run = TrainingRun(snapshots_for_trial(run_config_from(config)))
+    # A trial of a PBT search may be handed another member's checkpoint with its own, perturbed LR.
+    rows, unknown_to_ray = resume_newest(run, tune.get_checkpoint(), snapshots, fs, trial_path,
+                                         adopt_lr=config.get(SEARCH_KEY) is not None)
     every, node = int(config.get(EVERY_KEY) or 1), node_labels()
     metrics = TrialMetrics.for_trial(config, experiment_name())
     directory = live_log_dir(fs, trial_path)

@@ -45,6 +45,9 @@ STAGES = {
     "faults": ("faults.py", [], ["--scenarios", "kill9-running,two-drivers"]),
     "multinode": ("multinode.py", [], ["--scenarios", "node-loss,autoscaling"]),  # full mode ~20 min
     "ablation": ("ablation.py", [], ["--quick"]),  # full mode ~25 min
+    "tuning_cost": ("tuning_cost.py", [], ["--quick"]),  # full mode: jobs/tuning_cost.yaml, ~13 min
+    # Measures only on a CUDA GPU (sized for <= 8 min on an H100); elsewhere it keeps its section as it is.
+    "gpu": ("gpu.py", [], ["--dry-run"]),
 }
 OPTIONAL = {"adversarial"}
 QUICK_RESULTS = RESULTS / "quick"

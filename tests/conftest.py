@@ -43,7 +43,7 @@ def data_dir(tmp_path_factory):
 # one worker ran the chain of fault tests alone for minutes while the others idled.)
 LONGEST_MODULES = ("test_multinode.py", "test_jobs.py", "test_trainable.py", "test_faults.py", "test_cluster.py",
                    "test_distributed.py", "test_scheduler.py", "test_equivalence.py", "test_full_disk.py",
-                   "test_runner.py", "test_monitoring.py")
+                   "test_runner.py", "test_search.py", "test_monitoring.py", "test_bench_gpu.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -100,6 +100,8 @@ GOOD_GRID = "name: cli-bad\nepochs: 2\nseeds: 1\ndatasets: [mnist1d]\nmodels: [m
     (GOOD_GRID.encode() + b"\xff\xfe", 1, "not UTF-8"),
     (GOOD_GRID.replace("mnist1d]", "mnist1d, cli_raises_on_import:make]"), 1, "RuntimeError: no data here"),
     ("name: '..'\nepochs: 0\nmethods: [magic]\n", 5, "datasets: missing"),
+    (GOOD_GRID + "device: cpu\nprecision: fp16\n", 1, "precision: 'fp16' needs a CUDA GPU (its GradScaler)"),
+    (GOOD_GRID + "device: cuda\nchannels_last: maybe\n", 2, "device: 'cuda' needs 1 GPU per trial"),
 ])
 def test_grid_refuses_bad_files_before_ray_and_writes_nothing(tmp_path, capsys, monkeypatch, content, count,
                                                                fragment):
@@ -246,3 +248,39 @@ def test_report_takes_trials_that_never_started(tmp_path, capsys):
     pq.write_table(pa.Table.from_pylist(trials), experiment / "trials.parquet")
     assert main(["report", str(experiment)]) == 0, capsys.readouterr().err
     assert (experiment / "report.md").exists()
+
+
+# ------------------------------------------------- issue 18: precision and devices
+import torch  # noqa: E402
+
+from aalr_ray.train import cpu_bf16_autocast  # noqa: E402
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a CUDA GPU")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (with_arg("--precision", "fp8"), "argument --precision: invalid choice: 'fp8' (choose from 'auto', 'fp32'"),
+    (with_arg("--channels-last", "yes"), "argument --channels-last: invalid choice: 'yes'"),
+    (with_arg("--snapshot-device", "gpu"), "argument --snapshot-device: invalid choice: 'gpu'"),
+    pytest.param(with_arg("--precision", "fp16"), "precision 'fp16' cannot run on device cpu (fp16 needs a CUDA "
+                 "GPU, for its GradScaler); choose from: auto, fp32", marks=no_cuda),
+    pytest.param(with_arg("--device", "cuda"), "device 'cuda' is not on this machine (0 CUDA device(s)); "
+                 "choose from: auto, cpu", marks=no_cuda),
+])
+def test_precision_and_device_refusals_are_one_line_and_write_nothing(tmp_path, capsys, argv, fragment):
+    data, results = tmp_path / "data", tmp_path / "results"
+    results.mkdir()
+    out = results / "run.jsonl"
+    assert main([*argv, "--data-dir", str(data), "--out", str(out)]) == 2
+    assert fragment in one_error_line(capsys)[0]
+    assert not data.exists() and list(results.iterdir()) == []
+
+
+@pytest.mark.skipif(not cpu_bf16_autocast(), reason="cpu_bf16_autocast() is False: no bf16 autocast on this CPU")
+def test_train_takes_the_precision_flags(tmp_path):
+    out = tmp_path / "run.jsonl"
+    result = cli("train", "--model", "small-cnn", "--dataset", "digits", "--epochs", "1", "--batch-size", "256",
+                 "--device", "cpu", "--precision", "bf16", "--channels-last", "on", "--snapshot-device", "cpu",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["epoch"] for line in out.read_text().splitlines()] == [1]

@@ -489,3 +489,57 @@ def test_importing_the_grid_module_loads_neither_torch_nor_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]", out
+
+
+# ------------------------------------------------- issue 18: how trials compute
+def test_precision_and_device_are_checked_against_the_trials_gpus_with_every_other_problem():
+    found = problems(precision="fp16", device="cpu", epochs=0, channels_last="sideways", methods=["aalr", "magic"])
+    text = "\n".join(found)
+    for fragment in ["g.yaml: precision: 'fp16' needs a CUDA GPU (its GradScaler), and the trials run on the CPU "
+                     "(device cpu); choose from: auto, fp32",
+                     "g.yaml: epochs: expected a positive integer, got 0",
+                     "g.yaml: channels_last: unknown channels_last 'sideways'; choose from: auto, on, off",
+                     "g.yaml: methods[1]: unknown method 'magic'"]:
+        assert fragment in text, found
+    assert len(found) == 4 and all("\n" not in p for p in found)
+    assert "(resources.gpu is 0)" in one_problem(precision="fp16")  # device auto without a GPU is the CPU
+
+
+@pytest.mark.parametrize("changes, line", [
+    ({"device": "cuda"}, "g.yaml: device: 'cuda' needs 1 GPU per trial and resources.gpu is 0; raise resources.gpu "
+                         "(a fraction shares a GPU) or choose from: auto, cpu"),
+    ({"device": "cuda:1", "resources": {"cpu": 1, "gpu": 1}}, "g.yaml: device: 'cuda:1' needs 2 GPUs per trial"),
+    ({"precision": "fp8"}, "g.yaml: precision: unknown precision 'fp8'; choose from: auto, fp32, bf16, fp16"),
+    ({"snapshot_device": "gpu"}, "g.yaml: snapshot_device: unknown snapshot_device 'gpu'; choose from: auto, same, cpu"),
+    ({"overrides": [{"match": {"method": "step"}, "set": {"precision": "fp16"}}]},
+     "g.yaml: overrides[0].set.precision: 'fp16' needs a CUDA GPU"),
+    ({"overrides": [{"match": {"method": "step"}, "set": {"channels_last": "maybe"}}]},
+     "g.yaml: overrides[0].set.channels_last: unknown channels_last 'maybe'"),
+])
+def test_device_and_precision_problems_name_the_key_and_the_choices(changes, line):
+    assert one_problem(**changes).startswith(line)
+
+
+def test_how_trials_compute_reaches_every_trial_and_overrides_set_it_per_trial(tmp_path):
+    g = grid(precision="fp16", device="cuda", resources={"cpu": 1, "gpu": 0.5}, snapshot_device="cpu",
+             overrides=[{"match": {"method": "step"}, "set": {"precision": "bf16", "channels_last": "off"}}])
+    configs = {c["method"]: c for c in expand(g)}
+    assert {k: configs["aalr"][k] for k in ("precision", "channels_last", "snapshot_device")} == {
+        "precision": "fp16", "channels_last": "auto", "snapshot_device": "cpu"}
+    assert (configs["step"]["precision"], configs["step"]["channels_last"]) == ("bf16", "off")
+    assert {c["precision"] for c in smoke_configs(expand(g))} <= {"auto", "bf16"}  # the smoke run is on a CPU
+    job = tmp_path / "job.yaml"  # YAML 1.1 reads a bare on/off as a boolean: taken as "on"/"off"
+    job.write_text(yaml.safe_dump({**BASE}) + "channels_last: on\n")
+    assert {c["channels_last"] for c in expand(load_grid(job))} == {"on"}
+    defaults = expand(grid())[0]
+    assert (defaults["precision"], defaults["channels_last"], defaults["snapshot_device"]) == ("auto",) * 3
+
+
+def test_augment_on_reaches_every_trial_and_a_bad_value_is_one_line():
+    base = {"name": "g", "epochs": 1, "datasets": ["synthetic"], "models": ["small-cnn"], "methods": ["aalr"],
+            "augmentations": ["standard"]}
+    assert {c["augment_on"] for c in expand(parse_grid({**base, "augment_on": "device"}))} == {"device"}
+    assert {c["augment_on"] for c in expand(parse_grid(base))} == {"auto"}
+    with pytest.raises(GridError) as info:
+        parse_grid({**base, "augment_on": "gpu"})
+    assert info.value.problems == ["<grid>: augment_on: unknown augment_on 'gpu'; choose from: auto, device, workers"]

@@ -29,7 +29,8 @@ def loaded_heavy_modules(code: str) -> list[str]:
     return json.loads(line[len("LOADED "):])
 
 
-@pytest.mark.parametrize("module", ["aalr_ray.report", "aalr_ray.results", "aalr_ray.progress"])
+@pytest.mark.parametrize("module", ["aalr_ray.report", "aalr_ray.results", "aalr_ray.progress", "aalr_ray.tuning",
+                                    "aalr_ray.report_tuning"])
 def test_importing_loads_neither_ray_nor_torch(module):
     assert loaded_heavy_modules(f"import {module}") == []
 

@@ -294,3 +294,20 @@ def test_a_running_grid_in_s3_is_reported_from_the_bucket(running, tmp_path, mon
     assert len(shown["step-mlp-mnist1d-bs128-s0"]) > step_checkpointed
     note = f"running, epoch {step_checkpointed}/{EPOCHS}; 2 not started"
     assert note in page and note in text and REFRESH_TAG.search(page)
+
+
+def test_a_running_grid_with_searches_reports_its_own_trials(tmp_path):
+    """grid.json of a grid with searches also lists each search ({search, spec, config}); the report of
+    the running grid shows the grid's trials (the searches' section comes once the grid has ended)."""
+    from report_factories import grid_configs, start
+
+    experiment = tmp_path / "searching"
+    configs = grid_configs("searching", epochs=3, seeds=1)
+    start(experiment, configs)
+    listed = json.loads((experiment / "grid.json").read_text())
+    search = {"search": "s", "spec": {"method": "step", "lr": {"grid": [0.1]}, "scheduler": "none"},
+              "config": {**configs[0], "method": "step", "search": "s"}}
+    (experiment / "grid.json").write_text(json.dumps(listed + [search]))
+    results = progress.read_experiment(str(experiment))
+    assert results.running
+    assert sorted(t["trial_name"] for t in results.trials) == sorted(c["trial_name"] for c in configs)

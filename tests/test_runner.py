@@ -130,3 +130,17 @@ def test_collection_takes_the_newest_complete_checkpoint_not_only_the_one_tune_r
         path.unlink()
     (trial / "checkpoint_000000").rmdir()
     assert _rows_of(registered) == rows[:2]
+
+
+def test_an_experiment_started_before_new_run_fields_is_still_the_same_grid():
+    """grid.json of an older version lacks fields RunConfig gained since (precision, validation, ...):
+    at their defaults they are what the older trials ran with, so --resume goes on; anything else differs."""
+    from aalr_ray.runner import _same_grid
+
+    current = [{"trial_name": "a", "epochs": 3, "precision": "auto", "validation": None, "augment_on": "auto"}]
+    older = [{"trial_name": "a", "epochs": 3}]
+    assert _same_grid(older, current)
+    assert not _same_grid(older, [{**current[0], "validation": 0.1}])  # a new field set: a new grid
+    assert not _same_grid([{"trial_name": "a", "epochs": 4}], current)
+    assert not _same_grid([{**older[0], "gone": 1}], current)
+    assert not _same_grid(older + older, current) and not _same_grid({"a": 1}, current)

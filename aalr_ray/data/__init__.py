@@ -28,10 +28,19 @@ Any ``package.module:function`` returning ``(train, test)`` also works; see
 :func:`aalr_ray.data.sources.load_factory`.
 
 Augmentations (training split only): see :mod:`aalr_ray.data.augment` for
-the recipes, their sources and which dataset accepts which.
+the recipes, their sources and which dataset accepts which. They run in one
+of two places (``augment_on``, :data:`AUGMENT_PLACES`): per example in
+DataLoader workers (:mod:`~aalr_ray.data.augment`, "workers"), or as
+whole-batch tensor ops on the batch's device with the uint8 training split
+resident there (:mod:`~aalr_ray.data.device_augment`, "device"). The two
+give batches equal in distribution, not the same numbers; "auto" (the
+default) takes the device on an accelerator when the split fits and the
+workers on a CPU, so CPU runs are what they were before the device path
+(see :mod:`aalr_ray.data.batching`).
 
 Determinism: the order and augmentation of an epoch depend only on
-``(seed, epoch)``, never on global RNG state, workers or restarts.
+``(seed, epoch)`` (and, on the device path, the batch size and the kind of
+device), never on global RNG state, workers or restarts.
 """
 from __future__ import annotations
 
@@ -52,9 +61,18 @@ from .sources import (
     load_torchvision,
     synthetic_images,
 )
-from .spec import AUGMENTATIONS, DataError, DatasetSpec, channel_stats, default_data_dir
+from .spec import (
+    AUGMENT_PLACES,
+    AUGMENTATIONS,
+    DataError,
+    DatasetSpec,
+    channel_stats,
+    check_augment_on,
+    default_data_dir,
+)
 
 __all__ = [
+    "AUGMENT_PLACES",
     "AUGMENTATIONS",
     "builtin_input_shape",
     "Data",
@@ -170,6 +188,7 @@ def load_dataset(
     train_limit: int | None = None,
     test_limit: int | None = None,
     num_workers: int | None = None,
+    augment_on: str = "auto",
 ) -> Data:
     """Load a dataset by name, or from a ``package.module:function`` factory.
 
@@ -178,10 +197,12 @@ def load_dataset(
     the first examples (``SMOKE_TRAIN`` = 256 train / ``SMOKE_TEST`` = 128 test).
     ``train_limit``/``test_limit`` keep only the first N examples of a split.
     ``num_workers`` sets the DataLoader workers used for augmented training
-    batches (default: :func:`default_num_workers`).
+    batches (default: :func:`default_num_workers`); ``augment_on`` where
+    they are augmented: "auto", "device" or "workers" (:data:`AUGMENT_PLACES`).
     Raises :class:`DataError` (one line) on any problem the user can fix.
     """
     _check_request(name, augmentation)
+    check_augment_on(augment_on)
     train_limit = _limit(train_limit, "train_limit")
     test_limit = _limit(test_limit, "test_limit")
     root = pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir()
@@ -193,4 +214,4 @@ def load_dataset(
     spec = _spec(name, loaded)
     augmenter = None if augmentation == "none" else Augmenter(augmentation, name, spec.mean)
     return Data(spec, loaded.train, loaded.test, augmentation=augmentation, augmenter=augmenter,
-                num_workers=num_workers)
+                num_workers=num_workers, augment_on=augment_on)

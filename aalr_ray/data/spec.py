@@ -10,6 +10,11 @@ import torch
 from ..errors import one_line  # noqa: F401 (data.spec.one_line stays importable)
 
 AUGMENTATIONS = ("none", "standard", "cutout", "random-erasing")
+# Where training augmentation runs (``Data(augment_on=...)``): "device" is the
+# batched path (aalr_ray.data.device_augment) on the batch's device, "workers"
+# the per-example path (aalr_ray.data.augment) in DataLoader workers, "auto"
+# the first on an accelerator when the split fits, else the second.
+AUGMENT_PLACES = ("auto", "device", "workers")
 
 
 class DataError(ValueError):
@@ -22,6 +27,13 @@ class DataError(ValueError):
 
     def __init__(self, message: object) -> None:
         super().__init__(one_line(message, limit=None))
+
+
+def check_augment_on(value) -> str:
+    """``value`` if it is one of :data:`AUGMENT_PLACES`, else a one-line DataError naming it."""
+    if value not in AUGMENT_PLACES:
+        raise DataError(f"unknown augment_on {value!r}; choose from {', '.join(AUGMENT_PLACES)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ _MASK64 = (1 << 64) - 1
 # other integers coincide.
 PERMUTATION_STREAM = 0x7065726D  # "perm"
 AUGMENT_STREAM = 0x61756731  # "aug1"
+DEVICE_AUGMENT_STREAM = 0x61756732  # "aug2": the batched path's per-batch seeds
 
 
 def _splitmix64(x: int) -> int:
@@ -100,8 +113,12 @@ def mix_seed(*parts: int) -> int:
     return h >> 1
 
 
-def generator(*parts: int) -> torch.Generator:
-    """A CPU generator seeded from ``parts`` (see :func:`mix_seed`)."""
-    g = torch.Generator()
+def generator(*parts: int, device="cpu") -> torch.Generator:
+    """A generator on ``device`` (CPU by default) seeded from ``parts`` (see :func:`mix_seed`).
+
+    The same seed gives the same numbers on the same kind of device only:
+    CPU, CUDA and MPS generators are different algorithms.
+    """
+    g = torch.Generator(device=device)
     g.manual_seed(mix_seed(*parts))
     return g

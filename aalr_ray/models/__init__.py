@@ -12,8 +12,8 @@ cannot take the shape raises :class:`ModelShapeError` with a one-line message:
 =================================  ==========================================
 models                             accepted ``input_shape``
 =================================  ==========================================
-resnet18, resnet20, wrn-28-10,     (C, H, W), any C, H and W >= 16
-wrn-34-10, simplenet-v1            (e.g. (3, 32, 32), (1, 28, 28))
+resnet18, resnet20, wrn-16-8,      (C, H, W), any C, H and W >= 16
+wrn-28-10, wrn-34-10, simplenet-v1 (e.g. (3, 32, 32), (1, 28, 28))
 vgg16, vgg16-bn                    (C, H, W), any C, 16 <= H, W <= 32
 small-cnn                          (C, H, W), any C, H and W >= 8
 mnist1d-cnn                        (L,) or (C, L) signals, L >= 16
@@ -106,6 +106,9 @@ _REGISTRY: dict[str, _Entry] = {
     "resnet20": _Entry(
         lambda k, s: resnet.resnet20(k, s[0]), _image(16), _CIFAR, _CIFAR_REF, 270_000,
         "He et al. 2016, Table 6: ResNet-20, 0.27M"),
+    "wrn-16-8": _Entry(
+        lambda k, s: wide_resnet.wrn_16_8(k, s[0]), _image(16), _CIFAR, _CIFAR_REF, 11_000_000,
+        "Zagoruyko & Komodakis 2016, WRN-16-8, 11.0M"),
     "wrn-28-10": _Entry(
         lambda k, s: wide_resnet.wrn_28_10(k, s[0]), _image(16), _CIFAR, _CIFAR_REF, 36_500_000,
         "Zagoruyko & Komodakis 2016, WRN-28-10, 36.5M"),

@@ -7,6 +7,7 @@ the authors' PyTorch port (xternalz/WideResNet-pytorch): Kaiming-normal
 (fan_out) conv init, BN weight 1 / bias 0, linear bias 0.
 
 Published sizes (10 classes, 3x32x32): WRN-28-10 36.5M (paper, Table 1/5);
+WRN-16-8 11.0M (paper; the GPU benchmark's second model, 10.96M here);
 WRN-34-10 46.2M (Madry et al. 2018 adversarial training; the TRADES/MART
 PyTorch ports define an extra unused ``sub_block1``, we do not). The paper's
 fixed 8x8 average pool is replaced by a global one: same result on 32x32,
@@ -71,6 +72,11 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.stages(self.conv1(x))))
         return self.linear(self.pool(out).flatten(1))
+
+
+def wrn_16_8(num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> WideResNet:
+    """WRN-16-8: the paper's 16-layer net, 8 times as wide (11.0M); no dropout by default."""
+    return WideResNet(16, 8, num_classes, in_channels, dropout)
 
 
 def wrn_28_10(num_classes: int, in_channels: int = 3, dropout: float = 0.3) -> WideResNet:

@@ -15,7 +15,7 @@ from aalr_ray.models import (
 )
 
 NAMES = model_names()
-CIFAR_NETS = ["resnet18", "resnet20", "wrn-28-10", "wrn-34-10", "vgg16", "vgg16-bn", "simplenet-v1"]
+CIFAR_NETS = ["resnet18", "resnet20", "wrn-16-8", "wrn-28-10", "wrn-34-10", "vgg16", "vgg16-bn", "simplenet-v1"]
 CHEAP = ["mlp", "mnist1d-cnn", "small-cnn", "resnet20"]
 
 
@@ -60,7 +60,7 @@ def last_linear(model: nn.Module) -> nn.Linear:
 def test_registry_is_complete():
     assert NAMES == sorted(NAMES)
     assert set(NAMES) == {
-        "resnet18", "resnet20", "wrn-28-10", "wrn-34-10", "vgg16", "vgg16-bn",
+        "resnet18", "resnet20", "wrn-16-8", "wrn-28-10", "wrn-34-10", "vgg16", "vgg16-bn",
         "simplenet-v1", "mnist1d-cnn", "mlp", "small-cnn"}
     assert set(PUBLISHED_PARAMS) == set(NAMES) == set(REFERENCE_SHAPES)
     for count, source in PUBLISHED_PARAMS.values():
