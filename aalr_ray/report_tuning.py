@@ -115,7 +115,7 @@ def mean_curve(scheduler: str, search_trials: list[dict], rows_by_trial: dict) -
 
 
 def _scheduler_of(trials: list[dict]) -> str:
-    """A search's scheduler, from its trials' statuses and rows: recorded in ``search_scheduler``."""
+    """A search's scheduler, as its trials record it (``search_scheduler``)."""
     return str(trials[0].get("search_scheduler") or "none")
 
 

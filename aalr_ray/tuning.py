@@ -28,12 +28,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-__all__ = ["ENDED_STATUSES", "group_key", "groups", "select", "search_compute", "budget_curve", "mark_selected"]
-
-# A search trial that its scheduler (ASHA) or its epoch budget stopped early is STOPPED: it ended,
-# like a TERMINATED or an ERROR one, and trains no more.
-ENDED_STATUSES = ("TERMINATED", "STOPPED", "ERROR")
-
+__all__ = ["group_key", "groups", "select", "search_compute", "budget_curve", "mark_selected"]
 
 def group_key(trial: dict) -> str:
     """The search group of a search trial (its trial name: the search's and the cell's)."""
@@ -117,7 +112,7 @@ def budget_curve(scheduler: str, group: list[dict], rows_by_trial: dict[str, lis
             chosen = best_on_validation(trained[:k])
             points.append((sum(int(t["epochs_done"]) for t in trained[:k]), float(chosen["final_test_acc"])))
         return points
-    ranked = sorted(trained, key=lambda t: _rank(t, trained.index(t)))
+    ranked = [trained[i] for i in sorted(range(len(trained)), key=lambda i: _rank(trained[i], i))]
     n, epochs = len(ranked), sum(int(t["epochs_done"]) for t in ranked) / len(ranked)
     points = []
     for k in range(1, n + 1):
